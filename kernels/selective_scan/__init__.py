@@ -1,0 +1,104 @@
+"""Selective scan (Mamba-1 S6): one public function, several backends behind it."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+
+from kernels.selective_scan.reference import selective_scan_ref
+
+Backend = Literal["auto", "reference", "cpu", "triton"]
+
+# name -> implementation with the signature of `selective_scan_ref`; fast backends register here.
+BACKENDS = {"reference": selective_scan_ref}
+
+# What "auto" means inside `use_backend(...)`: a sweep picks the scan without the models knowing.
+_auto_override: list[str] = []
+
+
+@contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Within this block, calls with backend="auto" use `backend` (e.g. "reference" for a sweep)."""
+    resolve_backend(backend, torch.device("cpu"))  # validate the name now, not at first call
+    _auto_override.append(backend)
+    try:
+        yield
+    finally:
+        _auto_override.pop()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to the fastest registered backend for `device`; check explicit names."""
+    if backend == "auto" and _auto_override and _auto_override[-1] != "auto":
+        backend = _auto_override[-1]
+    if backend == "auto":
+        preferred = "triton" if device.type == "cuda" else "cpu"
+        return preferred if preferred in BACKENDS else "reference"
+    if backend not in BACKENDS:
+        allowed = ", ".join(["auto", *BACKENDS])
+        raise ValueError(f"unknown selective_scan backend {backend!r}; available: {allowed}")
+    return backend
+
+
+def check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise ValueError naming the first argument whose shape breaks the contract."""
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, D, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must match u {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (D={dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 3 and t.shape == (batch, n, length):
+            continue
+        if t.dim() == 4 and t.shape[0] == batch and t.shape[2:] == (n, length):
+            if dim % t.shape[1] == 0:
+                continue
+            raise ValueError(f"{name} has {t.shape[1]} groups, which must divide D={dim}")
+        raise ValueError(
+            f"{name} must be (batch, N, L)={(batch, n, length)} or (batch, G, N, L), "
+            f"got {tuple(t.shape)}"
+        )
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"{name} must be (D={dim},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must match u {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reverse: bool = False,
+    return_last_state: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with mamba_ssm's `selective_scan_fn` semantics.
+
+    Args:
+        u, delta: (batch, D, L) input and step size.
+        A: (D, N) state matrix (negative for a stable scan).
+        B, C: (batch, N, L), or (batch, G, N, L) with G dividing D (channel d uses group
+            d // (D // G)).
+        D: (D,) skip; z: (batch, D, L) gate, output multiplied by silu(z); delta_bias: (D,).
+        delta_softplus: apply softplus to delta + delta_bias.
+        reverse: scan from the last token to the first (no flipped copies needed by the caller).
+        return_last_state: also return the final state (batch, D, N) in float32/float64.
+        backend: "auto" (fastest for the device), "reference", or a registered fast backend.
+
+    Returns:
+        y (batch, D, L) in u's dtype, and the last state when asked.
+    """
+    check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    impl = BACKENDS[resolve_backend(backend, u.device)]
+    return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, return_last_state)

@@ -1,0 +1,1 @@
+"""A scaling study of vision backbones: models, measurement, sweeps, report and receptive fields."""

@@ -1,0 +1,79 @@
+"""The model zoo: one entry point for every family, at any input size.
+
+create(name, img_size, **overrides) -> model in eval mode built for img_size
+family_of(name) -> "cnn" | "vit" | "vim" | "vmamba" | "gated_cnn"
+available() -> the zoo's names
+feature_map(model, x) -> final spatial feature map (batch, C, H', W')
+"""
+
+import inspect
+
+import timm
+import torch
+import torch.nn as nn
+
+from study.models import timm_zoo, vim, vmamba  # noqa: F401  (importing registers the families)
+from study.models.registry import Family, available, family_of
+
+__all__ = ["Family", "available", "create", "family_of", "feature_map"]
+
+# Families whose timm constructors take img_size; timm CNNs are fully convolutional and take none.
+_SIZED_FAMILIES = ("vit", "vim", "vmamba")
+
+
+def _build(name: str, kwargs: dict) -> nn.Module:
+    if name in timm_zoo.TEST_VARIANTS:
+        base, defaults = timm_zoo.TEST_VARIANTS[name]
+        return timm.create_model(base, pretrained=False, **{**defaults, **kwargs})
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _allowed_overrides(name: str, kwargs: dict) -> str:
+    """The constructor arguments of `name`'s class, for an error message (built on meta)."""
+    with torch.device("meta"):
+        model_cls = type(_build(name, {k: v for k, v in kwargs.items() if k == "img_size"}))
+    params = inspect.signature(model_cls.__init__).parameters
+    return ", ".join(p for p in params if p not in ("self", "args", "kwargs", "img_size"))
+
+
+def create(name: str, img_size: int, **overrides) -> nn.Module:
+    """Build zoo model `name` for `img_size`×`img_size` inputs, in eval mode, random init.
+
+    overrides: constructor arguments (e.g. `bidirectional=False` for Vim, `directions=2` for VMamba,
+    `num_classes=0`), plus `attn="fused"|"naive"` for ViTs.
+    """
+    family = family_of(name)
+    if not isinstance(img_size, int) or img_size < 32:
+        raise ValueError(f"img_size must be an integer >= 32, got {img_size!r}")
+    attn = overrides.pop("attn", None)
+    if attn is not None and family != "vit":
+        raise ValueError(f"attn= applies only to ViTs (family 'vit'); {name} is {family!r}")
+    kwargs = dict(overrides)
+    if family in _SIZED_FAMILIES:
+        kwargs["img_size"] = img_size
+    try:
+        model = _build(name, kwargs)
+    except TypeError as err:
+        allowed = _allowed_overrides(name, kwargs) + (", attn" if family == "vit" else "")
+        raise ValueError(f"bad override for {name} ({err}); allowed: {allowed}") from None
+    if attn is not None:
+        timm_zoo.set_attention(model, attn)
+    return model.eval()
+
+
+def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The final-stage spatial feature map (batch, C, H', W') of any zoo model.
+
+    ViT tokens lose their prefix (class) tokens and are laid back on the patch grid; channel-last
+    outputs (MambaOut) are permuted to channel-first. Vim and VMamba define `forward_feature_map`.
+    """
+    if hasattr(model, "forward_feature_map"):
+        return model.forward_feature_map(x)
+    feats = model.forward_features(x)
+    if feats.dim() == 3:  # ViT: (batch, prefix + H'*W', C)
+        tokens = feats[:, model.num_prefix_tokens :]
+        height, width = model.patch_embed.dynamic_feat_size(x.shape[-2:])
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, height, width)
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return feats.permute(0, 3, 1, 2)
+    return feats
