@@ -1,0 +1,282 @@
+"""The report: fixture rows (tests/fixtures/rows.jsonl: two devices, every status, partial grids)
+-> results.csv, REPORT.md, plots; exponents and crossovers on synthetic curves; the notebook."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.report import build_report, crossover_px, fit_exponent, pareto_front, tidy
+from study.report.analysis import crossover_table, exponent_table
+from study.report.markdown import metric_table
+from study.report.published import DATA_DIR, read_published
+from study.rows import row_path, write_row
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "rows.jsonl"
+
+
+def fixture_rows() -> list[dict]:
+    return [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("results")
+    for row in fixture_rows():
+        tag = "cpu" if row["device"] == "cpu" else "cuda-h200"
+        write_row(row_path(results, tag, row["config_hash"]), row)
+    (results / "rows" / "cpu" / "broken.json").write_text("{not json")  # skipped, not fatal
+    build_report(results)
+    return results
+
+
+def test_results_csv_has_one_line_per_cell(report_dir: Path) -> None:
+    table = pd.read_csv(report_dir / "results.csv")
+    rows = fixture_rows()
+    cells = {
+        (
+            r["model"],
+            r["infer_img_size"],
+            r["device_name"],
+            r["precision"],
+            r["attn"],
+            r["scan_backend"],
+            r["infer_batch_size"],
+        )
+        for r in rows
+    }
+    assert len(table) == len(cells) < len(rows)  # the superseded error row is gone
+    vmamba_512 = table[
+        (table["model"] == "vmamba_tiny")
+        & (table["infer_img_size"] == 512)
+        & (table["device"] == "cpu")
+    ]
+    assert list(vmamba_512["status"]) == ["ok"]
+    assert set(table["status"]) == {"ok", "oom", "timeout", "error", "invalid"}
+    assert {"variant", "ms_per_img"} <= set(table.columns)
+
+
+def test_report_sections_statuses_and_links(report_dir: Path) -> None:
+    text = (report_dir / "REPORT.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    cpu = headings.index("cpu (2 threads, FIXTURE) · float32 · batch 1")
+    gpu = headings.index("NVIDIA H200 (FIXTURE) · bfloat16 · batch 64")
+    assert cpu < gpu and "NVIDIA H200 (FIXTURE) · float32 · batch 64" in headings
+    for needed in (
+        "| OOM |",
+        "| timeout |",
+        "| invalid |",
+        "| error |",
+        "none in range",
+        "2304 tokens ≈ 768 px",
+        "deit_small_patch16_224 (naive)",
+        "vim_tiny [scan=reference]",
+        "Vim paper, Figure 1",
+        "ImageNet top-1",
+    ):
+        assert needed in text, needed
+    assert not re.search(r"\bnan\b", text, flags=re.I)
+    assert "|  |  |" not in text.replace("| vit |  |", "")  # no blank metric cells
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= 4 * 2
+    for link in links:
+        assert (report_dir / link).stat().st_size > 10_000, link
+
+
+def test_failed_cells_show_status_not_blank_or_zero() -> None:
+    frame = tidy(fixture_rows())
+    gpu = frame[frame["precision"] == "bfloat16"]
+    img_per_s = metric_table(gpu, "infer_samples_per_sec", static=False)
+    assert img_per_s.loc[("vit", "deit_small_patch16_224 (naive)"), 1024] == "OOM"
+    gmacs = metric_table(gpu, "infer_gmacs", static=True)  # known without running: a number
+    assert float(gmacs.loc[("vit", "deit_small_patch16_224 (naive)"), 1024]) > 100
+    cpu = frame[frame["device"] == "cpu"]
+    peak = metric_table(cpu, "measured_peak_mib", static=False)
+    assert peak.loc[("vmamba", "vmamba_tiny"), 1024] == "—"  # never run
+    assert peak.loc[("vmamba", "vmamba_tiny"), 768] == "error"
+    assert peak.loc[("cnn", "convnext_tiny"), 1248] == "invalid"
+
+
+def test_newest_row_wins_except_errors() -> None:
+    base = {
+        "model": "resnet50",
+        "family": "cnn",
+        "infer_img_size": 224,
+        "device": "cpu",
+        "device_name": "cpu",
+        "precision": "float32",
+        "attn": "",
+        "scan_backend": "",
+    }
+    old_ok = {**base, "status": "ok", "time": "2025-01-01T00:00:00Z", "infer_gmacs": 4.1}
+    new_oom = {**base, "status": "oom", "time": "2025-01-02T00:00:00Z"}
+    newer_error = {**base, "status": "error", "time": "2025-01-03T00:00:00Z"}
+    frame = tidy([old_ok, new_oom, newer_error])
+    assert list(frame["status"]) == ["oom"]
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 2.0])
+def test_fit_exponent_recovers_power_laws(k: float) -> None:
+    sizes = [224, 384, 512, 768, 1024, 1248]
+    values = [3.7 * (s * s) ** k for s in sizes]
+    k_top, k_all = fit_exponent(sizes, values)
+    assert k_top == pytest.approx(k, abs=1e-12)
+    assert k_all == pytest.approx(k, abs=1e-12)
+
+
+def test_fit_exponent_needs_two_sizes() -> None:
+    assert all(math.isnan(k) for k in fit_exponent([224], [4.6]))
+    assert all(math.isnan(k) for k in fit_exponent([224, 512], [4.6, float("nan")]))
+    # a ViT's FLOPs: 24·D²·L + 4·D·L² per block -> k between 1 and 2, nearing 2 at large L
+    sizes = [224, 512, 1024, 2048, 4096]
+    tokens = np.array([(s // 16) ** 2 for s in sizes], dtype=float)
+    k_top, k_all = fit_exponent(sizes, 24 * 384**2 * tokens + 4 * 384 * tokens**2)
+    assert 1.8 < k_top < 2.0 and 1.0 < k_all < k_top
+
+
+def test_exponent_table_says_na_for_one_size() -> None:
+    frame = tidy(fixture_rows())
+    cpu = frame[frame["device"] == "cpu"]
+    table = exponent_table(cpu).set_index("variant")
+    assert math.isnan(table.loc["deit_base_patch16_224 (fused)", "GMACs: k all"])
+    assert table.loc["vim_tiny [scan=auto]", "GMACs: k all"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_crossover_interpolates_on_log_log() -> None:
+    sizes = [224, 512, 768, 1024]
+    cross = 700.0
+    ssm = [(s / cross) ** 2 for s in sizes]  # cost ∝ pixels
+    vit = [(s / cross) ** 4 for s in sizes]  # cost ∝ pixels²: the two meet at 700 px
+    assert crossover_px(sizes, ssm, vit) == pytest.approx(cross, rel=1e-12)
+    assert crossover_px(sizes, [0.5 * v for v in vit], vit) == 224  # cheaper from the start
+    assert math.isnan(crossover_px(sizes, [2 * v for v in vit], vit))  # never cheaper
+    oom = [1.0, 2.0, 4.0, math.inf]  # the attention model runs out of memory at 1024
+    assert crossover_px(sizes, [3.0, 5.0, 7.0, 9.0], oom) == 1024
+
+
+def test_crossover_table_marks_none_in_range_and_tau() -> None:
+    frame = tidy(fixture_rows())
+    gpu = frame[frame["precision"] == "bfloat16"]
+    table = crossover_table(gpu, read_published("architecture"))
+    line = table[
+        (table["SSM model"] == "vim_tiny [scan=auto]")
+        & (table["attention model"] == "deit_small_patch16_224 (naive)")
+    ].iloc[0]
+    assert line["peak MiB (measured)"].startswith("≤") or line["peak MiB (measured)"][0].isdigit()
+    assert line["τ = 6·D (MambaOut)"] == "2304 tokens ≈ 768 px"
+    assert (table == "none in range").any().any()
+
+
+def test_pareto_front() -> None:
+    cost = [1.0, 2.0, 3.0, 2.5, 5.0]
+    top1 = [72.0, 76.0, 76.0, 80.0, 79.0]
+    assert list(pareto_front(cost, top1)) == [True, True, False, True, False]
+
+
+def test_published_data_have_sources_and_numbers() -> None:
+    for name in ("cost", "accuracy", "architecture"):
+        frame = read_published(name)
+        assert len(frame) > 0 and (frame["source"].str.len() > 0).all(), name
+    cost = read_published("cost")
+    assert (cost["value"].notna() | cost["note"].str.contains("OOM")).all()
+    assert sorted(p.name for p in DATA_DIR.glob("published_*.csv")) == [
+        "published_accuracy.csv",
+        "published_architecture.csv",
+        "published_cost.csv",
+    ]
+
+
+def test_empty_results_dir(tmp_path: Path) -> None:
+    report = build_report(tmp_path)
+    assert "No result rows" in report.read_text()
+    assert (tmp_path / "results.csv").exists()
+
+
+def test_erf_outputs_are_linked(tmp_path: Path) -> None:
+    rows = [r for r in fixture_rows() if r["model"] == "resnet50" and r["device"] == "cpu"]
+    for row in rows:
+        write_row(row_path(tmp_path, "cpu", row["config_hash"]), row)
+    erf = tmp_path / "erf"
+    erf.mkdir()
+    pd.DataFrame({"model": ["resnet50"], "area_ratio_0.5": [0.12]}).to_csv(erf / "erf.csv")
+    (erf / "erf_grid.png").write_bytes(b"png")
+    text = build_report(tmp_path).read_text()
+    assert "## Effective receptive fields" in text and "(erf/erf_grid.png)" in text
+
+
+def test_report_imports_no_measuring_code() -> None:
+    code = (
+        "import sys, study.report, study.report.build\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('kernels', 'torch')\n"
+        "       or m.startswith(('study.measure', 'study.sweep', 'study.models'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_notebook_runs_on_fixture(report_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nbclient is not installed: exec the notebook's code cells in order, as Jupyter would."""
+    monkeypatch.setenv("RESULTS_CSV", str(report_dir / "results.csv"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = json.loads((REPO / "notebooks" / "scaling.ipynb").read_text())
+    namespace: dict = {"__name__": "__main__"}
+    shown: list = []
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "scaling.ipynb", "exec"), namespace)
+            namespace["display"] = shown.append  # outside Jupyter: collect what would show
+    assert namespace["csv_path"] == Path(os.environ["RESULTS_CSV"])
+    assert len(namespace["parts"]) == 3
+    figures = [obj for obj in shown if hasattr(obj, "savefig")]
+    assert len(figures) >= 3 * 3
+
+
+def test_odd_rows_do_not_break_the_report(tmp_path: Path) -> None:
+    odd = [
+        {"model": "resnet50", "infer_img_size": 224, "status": "ok"},  # almost every column missing
+        {"model": "resnet50", "infer_img_size": 512, "status": "skipped", "device": "cpu"},
+        {
+            "model": "vim_tiny",
+            "family": "vim",
+            "infer_img_size": 224,
+            "status": "oom",
+            "device": "cuda",
+            "device_name": "GPU X",
+            "precision": "float32",
+            "infer_gmacs": "bad",
+        },
+        {"model": "no_size", "status": "ok"},  # no size: dropped
+    ]
+    auto = {
+        "model": "vim_tiny",
+        "family": "vim",
+        "device": "cuda",
+        "device_name": "GPU X",
+        "precision": "float32",
+        "status": "ok",
+        "config": {"batch": "auto"},
+    }
+    odd += [  # batch=auto: the measured batch varies, the section does not
+        {**auto, "infer_img_size": 512, "infer_batch_size": 128, "infer_step_time": 256.0},
+        {**auto, "infer_img_size": 1024, "infer_batch_size": 32, "infer_step_time": 256.0},
+        {**auto, "infer_img_size": 1248, "infer_batch_size": None, "status": "oom"},
+        {**auto, "infer_img_size": 512, "config": {"batch": 8, "measure": {"train": True}}},
+    ]
+    for i, row in enumerate(odd):
+        write_row(row_path(tmp_path, "odd", f"h{i}"), row)
+    text = build_report(tmp_path).read_text()
+    assert "| skipped |" in text and "| OOM |" in text and "## GPU X · float32 · batch 1\n" in text
+    assert "## GPU X · float32 · batch auto\n" in text
+    assert "## GPU X · float32 · batch 8 · training step\n" in text
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert len(table) == 7
+    auto_ms = table[table["batch_setting"] == "auto"].set_index("infer_img_size")["ms_per_img"]
+    assert auto_ms[512] == 2.0 and auto_ms[1024] == 8.0
