@@ -1,17 +1,53 @@
 """Selective scan (Mamba-1 S6): one public function, several backends behind it."""
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
 import torch
 
-from kernels.selective_scan.reference import selective_scan_ref
+from kernels.selective_scan import cpu
+from kernels.selective_scan.ops import selective_scan_op
+from kernels.selective_scan.reference import selective_scan_ref  # noqa: F401 (tests patch it)
 
 Backend = Literal["auto", "reference", "cpu", "triton"]
 
-# name -> implementation with the signature of `selective_scan_ref`; fast backends register here.
-BACKENDS = {"reference": selective_scan_ref}
+
+def _same_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B and C grouped alike (the fast kernels share one group index); autograd sums back."""
+    if B.shape == C.shape:
+        return B, C
+    gb = 1 if B.dim() == 3 else B.shape[1]
+    gc = 1 if C.dim() == 3 else C.shape[1]
+    groups = math.lcm(gb, gc)
+
+    def refine(t: torch.Tensor, g: int) -> torch.Tensor:
+        t = t.unsqueeze(1) if t.dim() == 3 else t
+        return t.repeat_interleave(groups // g, dim=1)
+
+    return refine(B, gb), refine(C, gc)
+
+
+def _through_op(backend: str) -> Callable:
+    """An implementation with the signature of `selective_scan_ref` that runs the custom op."""
+
+    def impl(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+             reverse=False, return_last_state=False):  # fmt: skip
+        if backend != "reference":
+            B, C = _same_groups(B, C)
+        y, last, _ = selective_scan_op(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend
+        )
+        return (y, last) if return_last_state else y
+
+    impl.__name__ = f"selective_scan_{backend}"
+    return impl
+
+
+# name -> implementation with the signature of `selective_scan_ref`. Every built-in backend runs
+# behind `torch.ops.kernels.selective_scan`, so FLOP counters and FakeTensorMode see one op.
+BACKENDS = {name: _through_op(name) for name in ("reference", "cpu", "triton")}
 
 # What "auto" means inside `use_backend(...)`: a sweep picks the scan without the models knowing.
 _auto_override: list[str] = []
@@ -33,8 +69,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto" and _auto_override and _auto_override[-1] != "auto":
         backend = _auto_override[-1]
     if backend == "auto":
-        preferred = "triton" if device.type == "cuda" else "cpu"
-        return preferred if preferred in BACKENDS else "reference"
+        if device.type == "cuda":
+            return "triton"
+        return "cpu" if device.type == "cpu" and cpu.available() else "reference"
     if backend not in BACKENDS:
         allowed = ", ".join(["auto", *BACKENDS])
         raise ValueError(f"unknown selective_scan backend {backend!r}; available: {allowed}")
@@ -88,8 +125,8 @@ def selective_scan(
     Args:
         u, delta: (batch, D, L) input and step size.
         A: (D, N) state matrix (negative for a stable scan).
-        B, C: (batch, N, L), or (batch, G, N, L) with G dividing D (channel d uses group
-            d // (D // G)).
+        B, C: (batch, N, L), or (batch, G, N, L) with G dividing D; channel d uses group
+            d // (D // G).
         D: (D,) skip; z: (batch, D, L) gate, output multiplied by silu(z); delta_bias: (D,).
         delta_softplus: apply softplus to delta + delta_bias.
         reverse: scan from the last token to the first (no flipped copies needed by the caller).

@@ -1,0 +1,203 @@
+"""Fast CPU selective scan: a vectorised C loop (gcc + OpenMP + glibc libmvec), built on first use.
+
+Why a compiled loop: the scan's cost is one exp per state element (batch*D*L*N); a loop that keeps
+the state in registers does just that, while PyTorch-level chunked forms move the (batch, D, L, N)
+tensors through memory several times. Measurements behind the choice: README.md.
+
+The shared library is built with the system C compiler (`$CC`, else `cc`) into
+`$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and CPU.
+Without a compiler `available()` is False and `kernels.selective_scan(backend="auto")` falls back to
+the reference with a warning.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from kernels.selective_scan.cpu_source import SOURCE
+from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
+
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_LIBS = ["-lmvec", "-lm"]
+VB = 16  # channels per task (VB in the C code)
+_lib: ctypes.CDLL | None = None
+_build_error: str | None = None
+
+
+def _instantiate() -> str:
+    parts = [f"#define VB {VB}\n#define K {CHUNK}\n"]
+    for real, exp, log1p, suffix in (("float", "expf", "log1pf", "f32"),
+                                     ("double", "exp", "log1p", "f64")):  # fmt: skip
+        parts.append(
+            f"#define REAL {real}\n#define EXP {exp}\n#define LOG1P {log1p}\n"
+            "#define CAT_(a, b) a##_##b\n#define CAT(a, b) CAT_(a, b)\n"
+            f"#define FN(x) CAT(x, {suffix})\n"
+        )
+        parts.append(SOURCE)
+        parts.append("#undef REAL\n#undef EXP\n#undef LOG1P\n#undef FN\n#undef CAT\n#undef CAT_\n")
+    return "".join(parts)
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set $CC)")
+    source = _instantiate()
+    key = hashlib.sha256((source + " ".join(_FLAGS + _LIBS) + cc + _cpu_id()).encode()).hexdigest()
+    cache = Path(os.environ.get("KERNELS_CACHE_DIR", Path.home() / ".cache/vision-scaling-kernels"))
+    cache.mkdir(parents=True, exist_ok=True)
+    so = cache / f"selective_scan_{key[:16]}.so"
+    if not so.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            src, out = Path(tmp) / "scan.c", Path(tmp) / "scan.so"
+            src.write_text(source)
+            subprocess.run(
+                [cc, *_FLAGS, str(src), "-o", str(out), *_LIBS],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            os.replace(out, so)  # atomic: concurrent builders never load a half-written file
+    lib = ctypes.CDLL(str(so))
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"scan_fwd_{suffix}").restype = None
+        getattr(lib, f"scan_bwd_{suffix}").restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The compiled scan library; RuntimeError (with the compiler's message) if it can't build."""
+    global _lib, _build_error
+    if _lib is None and _build_error is None:
+        try:
+            _lib = _build()
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            detail = getattr(err, "stderr", "") or str(err)
+            _build_error = f"could not build the CPU selective scan: {detail.strip()[:2000]}"
+    if _lib is None:
+        raise RuntimeError(_build_error)
+    return _lib
+
+
+def available() -> bool:
+    """True when the C scan builds and loads on this machine."""
+    try:
+        library()
+    except RuntimeError as err:
+        message = f"{err}; backend='cpu' unavailable, 'auto' uses the slow reference"
+        warnings.warn(message, stacklevel=2)
+        return False
+    return True
+
+
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(None if t is None else t.data_ptr())
+
+
+def _suffix(acc: torch.dtype) -> str:
+    return "f64" if acc == torch.float64 else "f32"
+
+
+def _acc(u: torch.Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _group_major(B: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) -> contiguous (batch, G, L, N) for per-step loads."""
+    if B.dim() == 3:
+        B = B.unsqueeze(1)
+    return B.to(acc).transpose(-1, -2).contiguous()
+
+
+def fwd(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward on CPU tensors; shapes as in `kernels.selective_scan`.
+
+    Returns y (batch, D, L) in u's dtype, the last state (batch, D, N) and the chunk states
+    (batch, D, ceil(L / CHUNK) + 1, N) that the backward starts from (both float32, or float64).
+    """
+    acc = _acc(u)
+    batch, dim, length = u.shape
+
+    def dense(t):
+        return None if t is None else t.detach().to(acc).contiguous()
+
+    u_, delta_, A_, D_, z_, bias_ = map(dense, (u, delta, A, D, z, delta_bias))
+    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    y = torch.empty(batch, dim, length, dtype=acc)
+    ckpt = torch.zeros(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc)
+    if y.numel():
+        fn = getattr(library(), f"scan_fwd_{_suffix(acc)}")
+        i64 = ctypes.c_int64
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)),
+           i64(batch), i64(dim), i64(length), i64(A.shape[1]), i64(Bm.shape[1]),
+           ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
+           _ptr(y), _ptr(ckpt), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
+    return y.to(u.dtype), ckpt[:, :, -1].clone(), ckpt
+
+
+def bwd(
+    grad_y, grad_last, ckpt, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+    delta_softplus=False, reverse=False,
+) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) from the forward's chunk states."""
+    acc = _acc(u)
+    batch, dim, length = u.shape
+    n, groups = A.shape[1], (1 if B.dim() == 3 else B.shape[1])
+    threads = torch.get_num_threads()
+
+    def dense(t):
+        return None if t is None else t.detach().to(acc).contiguous()
+
+    u_, delta_, A_, D_, z_, bias_, gy, gl, ckpt = map(
+        dense, (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
+    )
+    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    du, ddelta = (
+        torch.empty(batch, dim, length, dtype=acc),
+        torch.empty(batch, dim, length, dtype=acc),
+    )
+    dz = torch.empty(batch, dim, length, dtype=acc) if z is not None else None
+    dA = torch.zeros(batch, dim, n, dtype=acc)
+    dD, dbias = torch.zeros(batch, dim, dtype=acc), torch.zeros(batch, dim, dtype=acc)
+    dBm, dCm = (torch.zeros(threads, batch, groups, length, n, dtype=acc) for _ in range(2))
+    if du.numel():
+        fn = getattr(library(), f"scan_bwd_{_suffix(acc)}")
+        i64 = ctypes.c_int64
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_, ckpt, gy, gl)),
+           i64(batch), i64(dim), i64(length), i64(n), i64(groups),
+           ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
+           *map(_ptr, (du, ddelta, dz, dA, dD, dbias, dBm, dCm)),
+           ctypes.c_int(threads))  # fmt: skip
+    dB = dBm.sum(0).transpose(-1, -2)  # (batch, G, N, L)
+    dC = dCm.sum(0).transpose(-1, -2)
+    if B.dim() == 3:
+        dB, dC = dB.squeeze(1), dC.squeeze(1)
+    return (
+        du.to(u.dtype),
+        ddelta.to(delta.dtype),
+        dA.sum(0).to(A.dtype),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
+        None if D is None else dD.sum(0).to(D.dtype),
+        None if z is None else dz.to(z.dtype),
+        None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+    )

@@ -1,0 +1,178 @@
+"""Triton kernels under the interpreter (TRITON_INTERPRET=1, CPU tensors, small sizes).
+
+The interpreter is chosen when Triton's language module is imported, and `import kernels` imports
+it (through torch.utils.flop_counter). So the variable is set here, before that, when this module
+is the first to import kernels; otherwise (another test module came first) these tests run in a
+child pytest process that sets it (`test_interpreter_suite_in_a_child_process`).
+On a machine with CUDA they are skipped; tests/test_kernels_gpu.py covers the compiled path.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() and "triton.language" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import kernels  # noqa: E402
+from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
+from kernels.selective_scan import cpu  # noqa: E402
+from kernels.testing import make_scan_inputs, reference_with_grads, rel_err  # noqa: E402
+
+
+def _interpreted() -> bool:
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    import triton.language as tl
+
+    from kernels.selective_scan import triton_fwd
+
+    kernel_ok = type(triton_fwd._selective_scan_fwd_kernel).__name__ == "InterpretedFunction"
+    return kernel_ok and type(tl.zeros).__name__ != "JITFunction"
+
+
+INTERPRETED = _interpreted()
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETED, reason="Triton was imported without the interpreter: see the child process"
+)
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: gpu tests")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter is on in this process")
+def test_interpreter_suite_in_a_child_process(request):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    marks = request.config.getoption("markexpr") or "not gpu and not slow"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-m", marks, "-p", "no:cacheprovider"],
+        env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+
+
+def run_triton(x, delta_softplus=True, reverse=False):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
+    args = {k: leaves.get(k) for k in x}
+    y, last = kernels.selective_scan(
+        **args, delta_softplus=delta_softplus, reverse=reverse, return_last_state=True,
+        backend="triton",
+    )  # fmt: skip
+    grad_y = torch.randn_like(y)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_y)
+    return y, last, dict(zip(leaves, grads, strict=True)), grad_y
+
+
+def check_against_reference(x, reverse=False, softplus=True, y_tol=1e-5, grad_tol=1e-4):
+    y, last, grads, grad_y = run_triton(x, softplus, reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, softplus, reverse)
+    assert y.dtype == x["u"].dtype
+    assert rel_err(y, y_ref) < y_tol
+    assert rel_err(last, last_ref) < y_tol
+    for name, g in grads.items():
+        assert g.shape == x[name].shape
+        assert rel_err(g, grads_ref[name]) < grad_tol, name
+
+
+@needs_interpreter
+@pytest.mark.parametrize("length", [1, 63, 130])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_and_every_gradient(length, reverse):
+    check_against_reference(make_scan_inputs(2, 3, 2, length), reverse=reverse)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("length", [257, 2049])
+@pytest.mark.slow
+def test_long_sequences(length):
+    check_against_reference(make_scan_inputs(1, 2, 2, length, groups=2), reverse=True)
+
+
+@needs_interpreter
+def test_grouped_d_state_1_like_vmamba():
+    x = make_scan_inputs(1, 8, 1, 70, groups=4)
+    x.update(z=None)
+    check_against_reference(x)
+
+
+@needs_interpreter
+def test_groups_straddling_blocks_and_padded_state():
+    # 3 groups of 5 channels and N=3 (padded to 4): masks on both tile axes
+    check_against_reference(make_scan_inputs(1, 15, 3, 20, groups=3), reverse=True)
+
+
+@needs_interpreter
+def test_without_optional_inputs_and_softplus():
+    x = make_scan_inputs(2, 3, 2, 40, extras=False)
+    x["delta"] = torch.nn.functional.softplus(x["delta"])
+    check_against_reference(x, softplus=False)
+
+
+@needs_interpreter
+def test_non_contiguous_inputs():
+    x = make_scan_inputs(1, 4, 2, 40, groups=2)
+    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v.dim() > 1 else v)
+               for k, v in x.items()}  # fmt: skip
+    assert not strided["u"].is_contiguous()
+    check_against_reference(strided)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    check_against_reference(make_scan_inputs(1, 4, 4, 70, dtype=dtype), y_tol=1e-2, grad_tol=3e-2)
+
+
+@needs_interpreter
+def test_extreme_delta_stays_finite():
+    x = make_scan_inputs(1, 4, 2, 70, extras=False)
+    x["A"] = torch.full_like(x["A"], -1.0)
+    x["delta"] = torch.full_like(x["delta"], 100.0)  # delta*A = -100 per step
+    x["delta"][..., ::3] = 1e-3
+    y, last, grads, grad_y = run_triton(x, delta_softplus=False)
+    y_ref, _, grads_ref = reference_with_grads(x, grad_y, delta_softplus=False)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads.values())
+    assert rel_err(y, y_ref) < 1e-5
+    for name in ("u", "B", "C"):
+        assert rel_err(grads[name], grads_ref[name]) < 1e-4, name
+
+
+@needs_interpreter
+@pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU scan")
+def test_saved_chunk_states_match_the_cpu_backend():
+    x = make_scan_inputs(1, 3, 2, 150, groups=None)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    op = torch.ops.kernels.selective_scan
+    _, _, states_triton = op(*args, True, True, "triton")
+    _, _, states_cpu = op(*args, True, True, "cpu")
+    assert states_triton.shape == states_cpu.shape == (1, 3, 4, 2)
+    assert rel_err(states_triton, states_cpu) < 1e-5
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(("height", "width"), [(3, 5), (1, 7), (16, 17)])
+def test_cross_scan_and_merge(layout, height, width):
+    x = torch.randn(2, 5, height, width).to(memory_format=layout).requires_grad_()
+    seq = kernels.cross_scan(x, backend="triton")
+    torch.testing.assert_close(seq, cross_scan_ref(x), rtol=0, atol=0)
+    g = torch.randn_like(seq)
+    (gx,) = torch.autograd.grad(seq, x, g)
+    torch.testing.assert_close(gx, cross_merge_ref(g.view(2, 4, 5, height, width)).view_as(x))
+
+    y = torch.randn(2, 4, 5, height, width).to(torch.float64)
+    y = y.transpose(3, 4).contiguous().transpose(3, 4).requires_grad_()  # strided (H, W)
+    merged = kernels.cross_merge(y, backend="triton")
+    torch.testing.assert_close(merged, cross_merge_ref(y))
+    g = torch.randn_like(merged)
+    (gy,) = torch.autograd.grad(merged, y, g)
+    torch.testing.assert_close(gy, cross_scan_ref(g.view(2, 5, height, width)).view_as(y))
+
+
+@needs_interpreter
+def test_use_backend_triton_routes_cross_ops():
+    x = torch.randn(1, 2, 3, 4)
+    with kernels.use_backend("triton"):
+        torch.testing.assert_close(kernels.cross_scan(x), cross_scan_ref(x))
