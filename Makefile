@@ -7,17 +7,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format report
+.PHONY: help install test test-all lint format sweep predict report erf bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv with pip and install the study with its dev and slurm extras
+install: $(STAMP) ## create .venv with pip and install the study with its dev, slurm and parallel extras
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,slurm]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,slurm,parallel]'
 	touch $@
 
 test: $(STAMP) ## run the tests that need no GPU and take seconds to minutes on a CPU
@@ -34,5 +34,37 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+sweep: $(STAMP) ## measure the default grid (8 models x 6 sizes) on this machine, then write the report
+	$(PY) -m study.sweep sweep=default
+	$(PY) -m study.report results
+
+predict: $(STAMP) ## GMACs and predicted memory of the default grid only, nothing run for real (< 1 min)
+	$(PY) -m study.sweep sweep=predicted results_dir=results/predicted
+
 report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and plots
 	$(PY) -m study.report results
+
+erf: $(STAMP) ## effective receptive fields of the default models into results/erf/
+	$(PY) -m study.erf
+
+bench: $(STAMP) ## time every selective-scan backend on this device; writes results/kernels_<device>.csv
+	$(PY) -m kernels.bench
+
+# A GPU machine may have no package registry: it runs with its own python3 (torch, triton, timm,
+# pandas, matplotlib) plus the pure-Python wheels that `make gpu-wheels` put in .whl/ here.
+GPU_PYTHON ?= python3
+GPU_SITE := /tmp/vision-scaling-gpu-site
+GPU_ENV := PYTHONPATH=$(GPU_SITE):$(CURDIR)
+
+gpu-wheels: $(STAMP) ## fetch the pure-Python wheels gpu-check needs (hydra-core and its deps) into .whl/
+	$(VENV)/bin/pip wheel --quiet --no-deps -w .whl \
+		$$($(VENV)/bin/pip freeze | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
+
+gpu-check: ## on a CUDA machine: Triton kernels vs references, scan benchmark, GPU sweep cells, report
+	@if [ -d .whl ]; then $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile \
+		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	$(GPU_ENV) $(GPU_PYTHON) -m kernels.gpu_check
+	$(GPU_ENV) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests/test_measure.py
+	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=gpu_check
+	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=vim_paper
+	$(GPU_ENV) $(GPU_PYTHON) -m study.report results

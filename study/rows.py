@@ -38,6 +38,8 @@ COLUMNS: tuple[str, ...] = (
     "infer_samples_per_sec",  # images per second (median step)
     "infer_step_time",  # ms per batch step, median
     "step_ms_min",
+    "train_samples_per_sec",  # with measure.train=true: images per second of a training step
+    "train_step_time",  # ms per training step (forward, loss, backward), median
     "threads",  # torch.get_num_threads() during timing
     "torch_version",
     "triton_version",
