@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,15 +35,16 @@ _build_error: str | None = None
 
 def _instantiate() -> str:
     parts = [f"#define VB {VB}\n#define K {CHUNK}\n"]
-    for real, exp, log1p, suffix in (("float", "expf", "log1pf", "f32"),
-                                     ("double", "exp", "log1p", "f64")):  # fmt: skip
+    names = ("REAL", "IREAL", "EXP", "LOG1P")  # element, same-width int (shuffle masks), math
+    for values, suffix in ((("float", "int32_t", "expf", "log1pf"), "f32"),
+                           (("double", "int64_t", "exp", "log1p"), "f64")):  # fmt: skip
+        parts += [f"#define {name} {value}\n" for name, value in zip(names, values, strict=True)]
         parts.append(
-            f"#define REAL {real}\n#define EXP {exp}\n#define LOG1P {log1p}\n"
             "#define CAT_(a, b) a##_##b\n#define CAT(a, b) CAT_(a, b)\n"
             f"#define FN(x) CAT(x, {suffix})\n"
         )
         parts.append(SOURCE)
-        parts.append("#undef REAL\n#undef EXP\n#undef LOG1P\n#undef FN\n#undef CAT\n#undef CAT_\n")
+        parts += [f"#undef {name}\n" for name in (*names, "FN", "CAT", "CAT_")]
     return "".join(parts)
 
 
@@ -107,6 +109,26 @@ def available() -> bool:
     return True
 
 
+_PAGE_2M = 2**21
+_MADV_HUGEPAGE = 14  # Linux
+_libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
+def _empty(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty, with Linux asked for 2 MiB pages (madvise) when the tensor spans several.
+
+    A fresh (batch, D, L) output is mapped on first touch; in 4 KiB pages that costs about as much
+    as the scan itself at 1248 px (measured: 5.4 ms for 18.7 MB, 0.3 ms with 2 MiB pages).
+    """
+    t = torch.empty(*shape, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    if _libc is not None and nbytes >= 4 * _PAGE_2M:
+        start = -(-t.data_ptr() // _PAGE_2M) * _PAGE_2M
+        end = (t.data_ptr() + nbytes) // _PAGE_2M * _PAGE_2M
+        _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_HUGEPAGE)
+    return t  # madvise is advice: a kernel without transparent huge pages ignores it
+
+
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(None if t is None else t.data_ptr())
 
@@ -142,8 +164,8 @@ def fwd(
 
     u_, delta_, A_, D_, z_, bias_ = map(dense, (u, delta, A, D, z, delta_bias))
     Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
-    y = torch.empty(batch, dim, length, dtype=acc)
-    ckpt = torch.zeros(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc)
+    y = _empty(batch, dim, length, dtype=acc)
+    ckpt = _empty(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc).zero_()
     if y.numel():
         fn = getattr(library(), f"scan_fwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
@@ -171,11 +193,8 @@ def bwd(
         dense, (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
     )
     Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
-    du, ddelta = (
-        torch.empty(batch, dim, length, dtype=acc),
-        torch.empty(batch, dim, length, dtype=acc),
-    )
-    dz = torch.empty(batch, dim, length, dtype=acc) if z is not None else None
+    du, ddelta = _empty(batch, dim, length, dtype=acc), _empty(batch, dim, length, dtype=acc)
+    dz = _empty(batch, dim, length, dtype=acc) if z is not None else None
     dA = torch.zeros(batch, dim, n, dtype=acc)
     dD, dbias = torch.zeros(batch, dim, dtype=acc), torch.zeros(batch, dim, dtype=acc)
     dBm, dCm = (torch.zeros(threads, batch, groups, length, n, dtype=acc) for _ in range(2))
