@@ -49,6 +49,26 @@ COLUMNS: tuple[str, ...] = (
     "config_hash",  # hash of the measured cell's config: resume key
 )
 
+# The columns that hold numbers (the rest are text); readers convert these.
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "infer_img_size",
+    "infer_batch_size",
+    "param_count",
+    "infer_gmacs",
+    "predicted_params_mib",
+    "predicted_activations_mib",
+    "predicted_peak_mib",
+    "measured_params_mib",
+    "measured_activations_mib",
+    "measured_peak_mib",
+    "infer_samples_per_sec",
+    "infer_step_time",
+    "step_ms_min",
+    "train_samples_per_sec",
+    "train_step_time",
+    "threads",
+)
+
 
 def row_path(results_dir: str | Path, device_tag: str, config_hash: str) -> Path:
     return Path(results_dir) / "rows" / device_tag / f"{config_hash}.json"

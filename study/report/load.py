@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.rows import COLUMNS, read_rows
+from study.rows import COLUMNS, NUMERIC_COLUMNS, read_rows
 
 # A cell: the same model measured the same way. Several rows may exist for one cell (an old error
 # row and a later ok row written under a different config hash); `tidy` keeps one. `batch_setting`
@@ -29,23 +29,6 @@ FAMILY_ORDER: tuple[str, ...] = ("cnn", "gated_cnn", "vit", "vim", "vmamba")
 SSM_FAMILIES: tuple[str, ...] = ("vim", "vmamba")
 ATTENTION_FAMILIES: tuple[str, ...] = ("vit",)
 
-_NUMERIC = (
-    "infer_img_size",
-    "infer_batch_size",
-    "param_count",
-    "infer_gmacs",
-    "predicted_params_mib",
-    "predicted_activations_mib",
-    "predicted_peak_mib",
-    "measured_params_mib",
-    "measured_activations_mib",
-    "measured_peak_mib",
-    "infer_samples_per_sec",
-    "infer_step_time",
-    "step_ms_min",
-    "threads",
-)
-
 
 def tidy(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts of `COLUMNS`, extra keys ignored) -> DataFrame with one line per cell.
@@ -59,9 +42,9 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
         [_settings(r) for r in rows], columns=["batch_setting", "mode", "options"]
     )
     frame = pd.concat([frame, settings], axis=1)
-    for col in _NUMERIC:
+    for col in NUMERIC_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    text_cols = [c for c in COLUMNS if c not in _NUMERIC]
+    text_cols = [c for c in COLUMNS if c not in NUMERIC_COLUMNS]
     frame[text_cols] = frame[text_cols].astype(object).fillna("").astype(str)
     frame.loc[frame["status"] == "", "status"] = "error"
     frame.loc[frame["device_name"] == "", "device_name"] = frame["device"].replace("", "unknown")
@@ -132,7 +115,7 @@ def read_results_csv(path: str | Path) -> pd.DataFrame:
     """`results.csv` as written by the report, text columns back to "" where empty."""
     frame = pd.read_csv(path)
     extra = ("variant", "batch_setting", "mode", "options")
-    text_cols = [c for c in (*COLUMNS, *extra) if c in frame and c not in _NUMERIC]
+    text_cols = [c for c in (*COLUMNS, *extra) if c in frame and c not in NUMERIC_COLUMNS]
     frame[text_cols] = frame[text_cols].astype(object).fillna("").astype(str)
     return frame
 
