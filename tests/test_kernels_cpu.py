@@ -168,3 +168,15 @@ def test_property_matches_reference(batch, groups, dim_per_group, n_state, lengt
     assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
     for name, g in grads.items():
         assert rel_err(g, grads_ref[name]) < 1e-8, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_several_spans_of_chunks(reverse):
+    """Past SC * K = 512 steps a task moves its tiles span by span: three spans, the last partial,
+    with a full 16-channel block and a partial one, and a partial block of states (5 = 4 + 1)."""
+    x = make_scan_inputs(batch=1, dim=20, n_state=5, length=1100, groups=None, dtype=torch.float64)
+    y, last, grads, grad_y = run_cpu(x, reverse=reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name
