@@ -1,0 +1,46 @@
+"""The kernel benchmark's protocol and output, at toy sizes (its numbers are not checked here)."""
+
+import csv
+
+import torch
+
+from kernels import bench
+
+
+def test_paired_times_interleave_the_calls():
+    calls = []
+    times = bench.paired_times_ms([lambda: calls.append("a"), lambda: calls.append("b")],
+                                  torch.device("cpu"), repeats=3, warmup=1)  # fmt: skip
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert [len(t) for t in times] == [3, 3]
+    assert all(ms >= 0 for t in times for ms in t)
+
+
+def test_fwd_bwd_call_makes_the_upstream_gradient_once(monkeypatch):
+    made = []
+    ones_like = torch.ones_like
+    monkeypatch.setattr(torch, "ones_like", lambda t: made.append(t.shape) or ones_like(t))
+    x = {"u": torch.randn(3, requires_grad=True)}
+    run = bench.fwd_bwd_call(lambda: x["u"] * 2, x)
+    for _ in range(3):
+        (grad,) = run()
+        assert torch.equal(grad, torch.full((3,), 2.0))
+    assert made == [torch.Size([3])]
+
+
+def test_main_writes_both_passes_for_every_backend(tmp_path):
+    args = ["--img-sizes", "32", "--layers", "vim_tiny", "vmamba_tiny.s0", "--repeats", "2"]
+    rows = bench.main([*args, "--out-dir", str(tmp_path), "--release-memory"])
+    with (tmp_path / "kernels_cpu.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == len(rows) == 2 * 2 * 2  # 2 layers x 2 backends x 2 passes
+    for row in written:
+        assert row["status"] == "ok" and float(row["median_ms"]) > 0
+        assert float(row["ms_over_bound"]) > 0 and float(row["speedup_vs_reference"]) > 0
+        assert (row["over_fwd"] != "") == (row["pass"] == "fwd+bwd")
+    assert {(r["layer"], r["backend"], r["pass"]) for r in written} == {
+        (layer, backend, kind)
+        for layer in ("vim_tiny@32", "vmamba_tiny.s0@32")
+        for backend in ("reference", "cpu")
+        for kind in ("fwd", "fwd+bwd")
+    }
