@@ -165,8 +165,10 @@ def fwd(
     u_, delta_, A_, D_, z_, bias_ = map(dense, (u, delta, A, D, z, delta_bias))
     Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
     y = _empty(batch, dim, length, dtype=acc)
-    ckpt = _empty(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc).zero_()
-    if y.numel():
+    ckpt = _empty(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc)
+    if not y.numel():  # L = 0: the final state is the zero initial one
+        ckpt.zero_()
+    else:  # writes every chunk state and the final one
         fn = getattr(library(), f"scan_fwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
         fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)),
