@@ -231,10 +231,12 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, repeats: int,
                     rows[kind].append({**base, "pass": kind, "bound_ms": round(bound_ms[kind], 4),
                                        "status": f"skipped (~{est / 1e3:.0f} s)"})  # fmt: skip
                     del calls[kind]
-        slow = backend == "reference"  # one untimed warm-up is enough, one timed call
+        # The reference takes seconds: one timed call. The others get three warm-up rounds: the
+        # first rounds of a big layer grow the process heap (page faults) and run up to 3x slower.
+        slow = backend == "reference"
         try:
             measured = paired_times_ms(list(calls.values()), device, 1 if slow else repeats,
-                                       warmup=0 if slow else 1)  # fmt: skip
+                                       warmup=0 if slow else 3)  # fmt: skip
         except torch.OutOfMemoryError:
             measured = None
         for i, kind in enumerate(calls):
