@@ -19,6 +19,7 @@ the timings are the kernels' and not the OS's page faults.
 """
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import statistics
@@ -199,7 +200,7 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, repeats: int,
                 max_reference_s: float, bound: dict) -> list[dict]:  # fmt: skip
     """Rows for the forward, then the forward+backward, of every backend on one layer.
 
-    A backend's forward and forward+backward are timed interleaved (`paired_median_ms`), the
+    A backend's forward and forward+backward are timed interleaved (`paired_times_ms`), the
     forward on inputs that need no gradient, the forward+backward on copies that do.
     """
     kinds = ("fwd", "fwd+bwd")
@@ -234,21 +235,26 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, repeats: int,
         # The reference takes seconds: one timed call. The others get three warm-up rounds: the
         # first rounds of a big layer grow the process heap (page faults) and run up to 3x slower.
         slow = backend == "reference"
+        timing = dict(device=device, repeats=1 if slow else repeats, warmup=0 if slow else 3)
         try:
-            measured = paired_times_ms(list(calls.values()), device, 1 if slow else repeats,
-                                       warmup=0 if slow else 3)  # fmt: skip
-        except torch.OutOfMemoryError:
-            measured = None
-        for i, kind in enumerate(calls):
+            times_ms = paired_times_ms(list(calls.values()), **timing)
+            measured = dict(zip(calls, times_ms, strict=True))
+        except torch.OutOfMemoryError:  # then each pass alone: the forward may still fit
+            measured = {}
+            for kind, call in calls.items():
+                torch.cuda.empty_cache()
+                with contextlib.suppress(torch.OutOfMemoryError):
+                    measured[kind] = paired_times_ms([call], **timing)[0]
+        for kind in calls:
             row = {**base, "pass": kind, "bound_ms": round(bound_ms[kind], 4)}
-            if measured is None:
+            if kind not in measured:
                 rows[kind].append({**row, "status": "out of memory"})
                 continue
-            ms = statistics.median(measured[i])
+            ms = statistics.median(measured[kind])
             times[kind][backend] = ms
             row.update(median_ms=round(ms, 4), ms_over_bound=round(ms / bound_ms[kind], 3))
-            if kind == "fwd+bwd" and "fwd" in calls:  # per round: over the forward just before
-                pairs = [b / f for f, b in zip(*measured, strict=True)]
+            if kind == "fwd+bwd" and len(measured) == 2:  # per round: over the forward before it
+                pairs = [b / f for f, b in zip(measured["fwd"], measured[kind], strict=True)]
                 row["over_fwd"] = round(statistics.median(pairs), 3)
             rows[kind].append({**row, "status": "ok"})
     for kind in kinds:

@@ -44,3 +44,25 @@ def test_main_writes_both_passes_for_every_backend(tmp_path):
         for backend in ("reference", "cpu")
         for kind in ("fwd", "fwd+bwd")
     }
+
+
+def test_a_pass_out_of_memory_keeps_the_other(monkeypatch):
+    """If the pair does not fit, each pass is timed alone: the forward's row survives."""
+    alone = []
+
+    def fake_times(fns, device, repeats, warmup):
+        if len(fns) == 2:
+            raise torch.OutOfMemoryError("pair")
+        alone.append(fns[0])
+        if len(alone) % 2 == 0:  # the second pass of each backend: forward+backward
+            raise torch.OutOfMemoryError("fwd+bwd")
+        return [[1.0] * repeats]
+
+    monkeypatch.setattr(bench, "paired_times_ms", fake_times)
+    layer = bench.Layer("toy", dim=4, d_state=2, length=5, groups=None, gated=True)
+    rows = bench.bench_layer(layer, 1, torch.device("cpu"), 2, 10.0, {"name": "cpu"})
+    status = {(r["backend"], r["pass"]): r["status"] for r in rows}
+    assert status == {("reference", "fwd"): "ok", ("cpu", "fwd"): "ok",
+                      ("reference", "fwd+bwd"): "out of memory",
+                      ("cpu", "fwd+bwd"): "out of memory"}  # fmt: skip
+    assert not any("over_fwd" in r for r in rows)
