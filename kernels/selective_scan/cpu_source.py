@@ -176,7 +176,6 @@ static inline void FN(tile_dt)(REAL (*raw)[VB], REAL (*dt)[VB], const REAL* bv, 
 /* Per-task setup shared by forward and backward: A, bias and D for the block's lanes. */
 #define BLOCK_PARAMS                                                                  \
     REAL (*a)[VB] = malloc(sizeof(REAL) * N * VB);                                    \
-    REAL (*h)[VB] = calloc(N * VB, sizeof(REAL));                                     \
     REAL bv[VB], dv[VB];                                                              \
     FN(load_A)(A, d0, N, nv, a);                                                      \
     for (int v = 0; v < VB; v++) {                                                    \
@@ -198,6 +197,7 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
     for (int64_t task = 0; task < ntask; task++) {
         TASK_SETUP
         BLOCK_PARAMS
+        REAL (*h)[VB] = calloc(N * VB, sizeof(REAL));  /* the state, carried across chunks */
         REAL (*ut)[VB] = aligned_alloc(64, sizeof(REAL) * 5 * SK * VB);
         REAL (*rawt)[VB] = ut + SK, (*dtt)[VB] = ut + 2 * SK, (*zt)[VB] = ut + 3 * SK;
         REAL (*yt)[VB] = ut + 4 * SK;
@@ -477,7 +477,7 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
             dD_out[b * D + d0 + v] = dD[v];
             dbias_out[b * D + d0 + v] = v < nv ? dbias[v] : 0;
         }
-        free(a); free(h); free(h0); free(gh); free(dA); free(es); free(ut);
+        free(a); free(h0); free(gh); free(dA); free(es); free(ut);
     }
 }
 #undef NB
