@@ -25,21 +25,19 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
-from kernels.testing import make_scan_inputs, reference_with_grads, rel_err  # noqa: E402
+from kernels.testing import (  # noqa: E402
+    make_scan_inputs,
+    reference_with_grads,
+    rel_err,
+    scan_with_grads,
+)
 
 CUDA = torch.device("cuda")
 
 
 def _run(x: dict, backend: str, reverse: bool, grad_y: torch.Tensor | None = None):
     """(y, last, grads, grad_y) of the public function with `backend` on x's device."""
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
-    args = {k: leaves.get(k) for k in x}
-    y, last = kernels.selective_scan(**args, delta_softplus=True, reverse=reverse,
-                                     return_last_state=True, backend=backend)  # fmt: skip
-    if grad_y is None:
-        grad_y = torch.randn_like(y)
-    grads = torch.autograd.grad(y, list(leaves.values()), grad_y.to(y.device))
-    return y, last, dict(zip(leaves, grads, strict=True)), grad_y
+    return scan_with_grads(x, backend, True, reverse, grad_y)
 
 
 def _to(x: dict, device: str | torch.device) -> dict:

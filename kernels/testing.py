@@ -2,6 +2,7 @@
 
 import torch
 
+import kernels
 from kernels.selective_scan.reference import selective_scan_ref
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -39,6 +40,25 @@ def make_scan_inputs(
         delta_bias=randn(dim, scale=0.5) if extras else None,
     )
     return x
+
+
+def scan_with_grads(
+    x: dict, backend: str, delta_softplus: bool = True, reverse: bool = False,
+    grad_y: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:  # fmt: skip
+    """(y, last, grads, grad_y) of `kernels.selective_scan` with `backend` on copies of x.
+
+    grads maps every input given (not None) to the gradient of <y, grad_y>; grad_y is random
+    unless given (then moved to y's device).
+    """
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
+    args = {k: leaves.get(k) for k in x}
+    y, last = kernels.selective_scan(**args, delta_softplus=delta_softplus, reverse=reverse,
+                                     return_last_state=True, backend=backend)  # fmt: skip
+    if grad_y is None:
+        grad_y = torch.randn_like(y)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_y.to(y.device))
+    return y, last, dict(zip(leaves, grads, strict=True)), grad_y
 
 
 def reference_with_grads(

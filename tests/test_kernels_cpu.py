@@ -7,22 +7,14 @@ from hypothesis import strategies as st
 
 import kernels
 from kernels.selective_scan import cpu
-from kernels.testing import make_scan_inputs, reference_with_grads, rel_err
+from kernels.testing import make_scan_inputs, reference_with_grads, rel_err, scan_with_grads
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU scan")
 
 
 def run_cpu(x, delta_softplus=True, reverse=False):
-    """y, last and gradients of <y, grad_y> + <last, grad_last> through the public function."""
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
-    args = {k: leaves.get(k) for k in x}
-    y, last = kernels.selective_scan(
-        **args, delta_softplus=delta_softplus, reverse=reverse, return_last_state=True,
-        backend="cpu",
-    )  # fmt: skip
-    grad_y = torch.randn_like(y)
-    grads = torch.autograd.grad(y, list(leaves.values()), grad_y)
-    return y, last, dict(zip(leaves, grads, strict=True)), grad_y
+    """y, last and gradients of <y, grad_y> through the public function, on the CPU backend."""
+    return scan_with_grads(x, "cpu", delta_softplus, reverse)
 
 
 @pytest.mark.parametrize("length", [1, 63, 257, pytest.param(2049, marks=pytest.mark.slow)])

@@ -20,7 +20,12 @@ if not torch.cuda.is_available() and "triton.language" not in sys.modules:
 import kernels  # noqa: E402
 from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
 from kernels.selective_scan import cpu  # noqa: E402
-from kernels.testing import make_scan_inputs, reference_with_grads, rel_err  # noqa: E402
+from kernels.testing import (  # noqa: E402
+    make_scan_inputs,
+    reference_with_grads,
+    rel_err,
+    scan_with_grads,
+)
 
 
 def _interpreted() -> bool:
@@ -54,15 +59,7 @@ def test_interpreter_suite_in_a_child_process(request):
 
 
 def run_triton(x, delta_softplus=True, reverse=False):
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
-    args = {k: leaves.get(k) for k in x}
-    y, last = kernels.selective_scan(
-        **args, delta_softplus=delta_softplus, reverse=reverse, return_last_state=True,
-        backend="triton",
-    )  # fmt: skip
-    grad_y = torch.randn_like(y)
-    grads = torch.autograd.grad(y, list(leaves.values()), grad_y)
-    return y, last, dict(zip(leaves, grads, strict=True)), grad_y
+    return scan_with_grads(x, "triton", delta_softplus, reverse)
 
 
 def check_against_reference(x, reverse=False, softplus=True, y_tol=1e-5, grad_tol=1e-4):
