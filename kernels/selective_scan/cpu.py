@@ -26,7 +26,12 @@ import torch
 from kernels.selective_scan.cpu_source import SOURCE
 from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+# Compile with -ffast-math, link without it: gcc links crtfastmath.o into any object *linked* with
+# -ffast-math, and its constructor turns on flush-to-zero and denormals-are-zero (MXCSR on x86,
+# FPCR on Arm) for the whole process the moment the library is loaded. Compiled code keeps every
+# fast-math optimisation; the process's floating-point environment stays as it was.
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=gnu11"]
+_LINK = ["-shared", "-fopenmp"]
 _LIBS = ["-lmvec", "-lm"]
 VB = 16  # channels per task (VB in the C code)
 _lib: ctypes.CDLL | None = None
@@ -62,20 +67,18 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC)")
     source = _instantiate()
-    key = hashlib.sha256((source + " ".join(_FLAGS + _LIBS) + cc + _cpu_id()).encode()).hexdigest()
+    flags = " ".join(_FLAGS + _LINK + _LIBS)
+    key = hashlib.sha256((source + flags + cc + _cpu_id()).encode()).hexdigest()
     cache = Path(os.environ.get("KERNELS_CACHE_DIR", Path.home() / ".cache/vision-scaling-kernels"))
     cache.mkdir(parents=True, exist_ok=True)
     so = cache / f"selective_scan_{key[:16]}.so"
     if not so.exists():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / "scan.c", Path(tmp) / "scan.so"
+            src, obj, out = Path(tmp) / "scan.c", Path(tmp) / "scan.o", Path(tmp) / "scan.so"
             src.write_text(source)
-            subprocess.run(
-                [cc, *_FLAGS, str(src), "-o", str(out), *_LIBS],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
+            for command in ([cc, *_FLAGS, "-c", str(src), "-o", str(obj)],
+                            [cc, *_LINK, str(obj), "-o", str(out), *_LIBS]):  # fmt: skip
+                subprocess.run(command, check=True, capture_output=True, text=True)
             os.replace(out, so)  # atomic: concurrent builders never load a half-written file
     lib = ctypes.CDLL(str(so))
     for suffix in ("f32", "f64"):
