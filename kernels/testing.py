@@ -78,3 +78,29 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max(|want|, tiny): one number per tensor, scale-free."""
     got, want = got.double(), want.double()
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+class ScanCall(torch.nn.Module):
+    """One selective-scan call with the layouts a Vim layer passes, as a module whose forward
+    ignores its input: memory measurements of models (tracker, OS) apply to the call alone.
+
+    u is a contiguous (batch, D, L) copy; delta and z are transposed views of (batch, L, D)
+    projections, as `dt_proj` and the `in_proj` chunk give them.
+    """
+
+    def __init__(self, batch: int, dim: int, n_state: int, length: int) -> None:
+        super().__init__()
+        self.register_buffer("xz", torch.randn(batch, length, 2 * dim))
+        self.register_buffer("dt", torch.randn(batch, length, dim) - 2)
+        self.register_buffer("A", -torch.arange(1, n_state + 1.0).repeat(dim, 1))
+        self.register_buffer("BC", torch.randn(batch, 2, n_state, length))
+        self.register_buffer("D", torch.ones(dim))
+        self.register_buffer("bias", torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, z = self.xz.chunk(2, dim=-1)
+        B, C = self.BC.unbind(1)
+        return kernels.selective_scan(
+            u.transpose(1, 2).contiguous(), self.dt.transpose(1, 2), self.A, B, C, D=self.D,
+            z=z.transpose(1, 2), delta_bias=self.bias, delta_softplus=True,
+        )  # fmt: skip

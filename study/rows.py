@@ -35,6 +35,11 @@ COLUMNS: tuple[str, ...] = (
     "measured_params_mib",
     "measured_activations_mib",
     "measured_peak_mib",
+    # measured_* above: the dispatcher tracker on real tensors (op outputs + registered kernel
+    # workspaces). measured_rss_*: the operating system's view (study/measure/rss.py).
+    "measured_rss_activations_mib",  # resident-set growth of one forward, fresh process
+    "measured_rss_peak_mib",  # that process's whole resident-set peak (runtime, weights, ...)
+    "measured_rss_note",  # why the two above are empty, where the platform cannot give them
     "infer_samples_per_sec",  # images per second (median step)
     "infer_step_time",  # ms per batch step, median
     "step_ms_min",
@@ -61,6 +66,8 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "measured_params_mib",
     "measured_activations_mib",
     "measured_peak_mib",
+    "measured_rss_activations_mib",
+    "measured_rss_peak_mib",
     "infer_samples_per_sec",
     "infer_step_time",
     "step_ms_min",

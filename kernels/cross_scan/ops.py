@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref
+from kernels.workspace import nbytes, register_workspace_formula
 
 Tensor = torch.Tensor
 
@@ -73,3 +74,19 @@ cross_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup)
 def _no_flops(*args, out_shape=None, **kwargs) -> int:
     """Data movement only: 0 FLOPs, as VMamba's counter."""
     return 0
+
+
+@register_workspace_formula(torch.ops.kernels.cross_scan)
+def _cross_scan_workspace(x, backend) -> int:
+    """cross_scan_ref: the column-major copy and the two flipped copies, stacked into the output
+    (a non-contiguous x also costs its row-major copy); the Triton kernel writes the output only."""
+    if backend == "triton":
+        return 0
+    return nbytes(x) * (3 + int(not x.is_contiguous()))
+
+
+@register_workspace_formula(torch.ops.kernels.cross_merge)
+def _cross_merge_workspace(y, backend) -> int:
+    """cross_merge_ref: at its peak the row sum, the column sum and a flipped copy (or the
+    transposed column sum), each (batch, C, H*W), before the output exists."""
+    return 0 if backend == "triton" else 3 * (nbytes(y) // 4)

@@ -25,6 +25,7 @@ import torch
 
 from kernels.selective_scan.cpu_source import SOURCE
 from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
+from kernels.workspace import copy_bytes, nbytes
 
 # Compile with -ffast-math, link without it: gcc links crtfastmath.o into any object *linked* with
 # -ffast-math, and its constructor turns on flush-to-zero and denormals-are-zero (MXCSR on x86,
@@ -225,3 +226,41 @@ def bwd(
         None if z is None else dz.to(z.dtype),
         None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
     )
+
+
+# Workspace: what `fwd` and `bwd` allocate besides the op's outputs (kernels/workspace.py). Each
+# term mirrors an allocation above; the C loop's own per-thread tiles (under 0.2 MiB a thread)
+# are left out.
+
+
+def _group_major_bytes(B: torch.Tensor, acc: torch.dtype) -> int:
+    """Bytes `_group_major(B, acc)` allocates: a dtype copy and/or a transposed copy."""
+    converted = 0 if B.dtype == acc else nbytes(B, acc)
+    BT = (B.unsqueeze(1) if B.dim() == 3 else B).transpose(-1, -2)
+    return converted + (0 if BT.is_contiguous() else nbytes(B, acc))
+
+
+def fwd_workspace_bytes(u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags) -> int:
+    """Bytes `fwd` holds at its peak besides y, the last state and the chunk states."""
+    acc = _acc(u)
+    total = sum(copy_bytes(t, acc) for t in (u, delta, A, D, z, delta_bias))
+    total += _group_major_bytes(B, acc) + _group_major_bytes(C, acc)
+    return total + (0 if u.dtype == acc else nbytes(u, acc))  # y before its cast
+
+
+def bwd_workspace_bytes(
+    grad_y, grad_last, ckpt, u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags
+) -> int:
+    """Bytes `bwd` holds at its peak besides the gradients it returns."""
+    acc = _acc(u)
+    batch, dim, length = u.shape
+    n, groups = A.shape[1], (1 if B.dim() == 3 else B.shape[1])
+    inputs = (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
+    total = sum(copy_bytes(t, acc) for t in inputs)
+    total += _group_major_bytes(B, acc) + _group_major_bytes(C, acc)
+    total += (batch * dim * n + 2 * batch * dim) * acc.itemsize  # dA, dD, dbias per batch
+    partial = batch * groups * length * n * acc.itemsize  # one thread's dB (or dC)
+    total += 2 * torch.get_num_threads() * partial  # per-thread dB and dC, summed at the end
+    if u.dtype != acc:  # du, ddelta, dz before their cast
+        total += (2 + (z is not None)) * nbytes(u, acc)
+    return total

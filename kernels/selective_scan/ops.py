@@ -15,6 +15,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from kernels.selective_scan.reference import selective_scan_ref
+from kernels.workspace import register_workspace_formula
 
 CHUNK = 64  # steps per chunk in the saved states; the CPU and Triton backends both use it
 Tensor = torch.Tensor
@@ -145,3 +146,26 @@ def _selective_scan_flops(u_shape, delta_shape, A_shape, B_shape, C_shape, D_sha
     macs = 9 * batch * length * dim * A_shape[1]
     macs += batch * dim * length * ((D_shape is not None) + (z_shape is not None))
     return 2 * macs
+
+
+@register_workspace_formula(torch.ops.kernels.selective_scan)
+def _selective_scan_workspace(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
+                              backend) -> int:  # fmt: skip
+    """Bytes the forward allocates and frees inside the op, by backend (kernels/workspace.py)."""
+    if backend == "reference":
+        # selective_scan_ref: delta after bias/softplus, the per-step outputs it stacks, and the
+        # y before and after the D skip and the gate (each batch·D·L in float32/float64).
+        plane = u.numel() * _state_dtype(u).itemsize
+        shifted = delta_softplus or delta_bias is not None
+        return plane * (int(shifted) + 1 + 2 * int(D is not None or z is not None))
+    formula = getattr(importlib.import_module(_FWD[backend]), "fwd_workspace_bytes", None)
+    return 0 if formula is None else formula(u, delta, A, B, C, D, z, delta_bias)
+
+
+@register_workspace_formula(torch.ops.kernels.selective_scan_bwd)
+def _selective_scan_bwd_workspace(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias,
+                                  delta_softplus, reverse, backend) -> int:  # fmt: skip
+    formula = getattr(importlib.import_module(_BWD[backend]), "bwd_workspace_bytes", None)
+    if formula is None:
+        return 0
+    return formula(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias)

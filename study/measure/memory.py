@@ -21,7 +21,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from kernels.selective_scan import resolve_backend
+from kernels.workspace import workspace_bytes
 from study.measure.flops import EXTRA_FORMULAS, FLOPS_PER_MAC, fake_state
+from study.measure.rss import os_peak_memory
 
 MIB = 2**20
 Precision = Literal["float32", "bfloat16"]
@@ -56,10 +59,14 @@ class StorageTracker(TorchDispatchMode):
         weakref.finalize(storage, self._forget, key, nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self.track(t)
+        # What the op allocated inside and freed before returning: live beside its outputs.
+        inside = workspace_bytes(func, args, kwargs)
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes + inside)
         return out
 
 
@@ -147,13 +154,18 @@ def peak_memory(
     precision: Precision = "float32",
     channels_last: bool = False,
     in_chans: int = 3,
-) -> dict[str, float]:
+    rss: bool = True,
+) -> dict[str, float | str]:
     """Peak memory of one inference forward of (batch, in_chans, img_size, img_size) images.
 
     `model` must already be on `device` (for "predicted" it may be on "meta"). Returns
     {"params_mib", "input_mib", "activations_mib", "peak_mib"}: parameters and buffers, the input
     batch, the high-water mark of everything the forward allocates, and the peak of all three
     together. "predicted" runs on fake tensors (no compute, no memory); "measured" runs for real.
+
+    "measured" on the CPU also asks the operating system (`rss.os_peak_memory`, unless
+    `rss=False`): "rss_activations_mib" is the resident-set growth of one forward in a fresh
+    process, "rss_peak_mib" that process's whole peak, "rss_note" why they are NaN, if they are.
     """
     if batch < 1 or img_size < 1:
         raise ValueError(f"batch and img_size must be positive, got batch={batch}, {img_size=}")
@@ -165,7 +177,12 @@ def peak_memory(
         return _cuda_measured(model, shape, device, precision, channels_last)
     if mode == "measured":
         state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        return _tracked_forward(model, state, shape, device, precision, channels_last)
+        mem = _tracked_forward(model, state, shape, device, precision, channels_last)
+        if rss:
+            backend = resolve_backend("auto", torch.device(device))  # what runs here, for the child
+            mem.update(os_peak_memory(model, img_size, batch, precision, channels_last, in_chans,
+                                      scan_backend=backend))  # fmt: skip
+        return mem
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
         return _tracked_forward(model, state, shape, device, precision, channels_last)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.report import analysis, plots
+from study.report import analysis, memory_check, plots
 from study.report.load import load_table, sections, slug
 from study.report.markdown import NOT_RUN, STATUS_TEXT, fmt, md_table, metric_table
 from study.report.published import (
@@ -282,6 +282,7 @@ def build_report(
         lines += [""]
         for title, section in sections(frame):
             lines += _section(title, section, plot_dir, results_dir, baseline, accuracy_size)
+        lines += memory_check.section(frame, plot_dir, results_dir)
         lines += _errors(frame)
     lines += _erf(results_dir)
     report = results_dir / "REPORT.md"
