@@ -51,6 +51,9 @@ COLUMNS: tuple[str, ...] = (
     "timm_version",
     "git_commit",
     "time",  # ISO 8601 UTC when the row was written
+    # issue 17: Swin (family windowed_vit): its attention window, "fixed" (7) or "scaled"
+    # (7·size/224); "" for the other families
+    "window",
     "config_hash",  # hash of the measured cell's config: resume key
 )
 

@@ -5,8 +5,8 @@ import torch
 
 import study.models as zoo
 
-FAMILY_STRIDE = {"cnn": 32, "vit": 16, "vim": 16, "vmamba": 32, "gated_cnn": 32}
-TEST_VARIANTS = ["test_resnet", "test_vit", "test_vim", "test_vmamba"]
+FAMILY_STRIDE = {"cnn": 32, "vit": 16, "windowed_vit": 32, "vim": 16, "vmamba": 32, "gated_cnn": 32}
+TEST_VARIANTS = ["test_resnet", "test_vit", "test_swin", "test_vim", "test_vmamba"]
 
 # Millions of parameters at 224 (timm, and REFERENCE.md for Vim and VMamba) and relative tolerance.
 PUBLISHED_PARAMS_M = {
@@ -15,6 +15,8 @@ PUBLISHED_PARAMS_M = {
     "deit_tiny_patch16_224": (5.72, 0.001),
     "deit_small_patch16_224": (22.05, 0.001),
     "deit_base_patch16_224": (86.57, 0.001),
+    "swin_tiny_patch4_window7_224": (28.29, 0.001),
+    "swin_small_patch4_window7_224": (49.61, 0.001),
     "mambaout_tiny": (26.55, 0.005),
     "vim_tiny": (7.148, 0.001),
     "vim_small": (25.797, 0.001),
@@ -91,7 +93,8 @@ def test_vit_is_built_for_the_requested_size():
 
 
 def test_family_of_every_test_variant():
-    assert [zoo.family_of(n) for n in TEST_VARIANTS] == ["cnn", "vit", "vim", "vmamba"]
+    families = ["cnn", "vit", "windowed_vit", "vim", "vmamba"]
+    assert [zoo.family_of(n) for n in TEST_VARIANTS] == families
 
 
 @pytest.mark.parametrize(

@@ -56,8 +56,8 @@ def test_default_preset_is_the_issue_grid():
         with open_dict(cell):
             cell.merge_with({k: v for k, v in values.items()})
         cells.add(sweep.config_hash(sweep.cell_of(cell)))
-    # 3 CNNs + 3 Mamba-family + 2 DeiTs x 2 attn = 10 cells per size, 6 sizes
-    assert len(cells) == 60
+    # 3 CNNs + 3 Mamba-family + 2 DeiTs x 2 attn + Swin-T x 2 windows = 12 cells per size, 6 sizes
+    assert len(cells) == 72
 
 
 def test_slurm_launcher_config_composes():
@@ -72,6 +72,9 @@ def test_config_hash_ignores_options_a_model_does_not_take_and_output_paths(tmp_
         return sweep.config_hash(sweep.cell_of(cell_config(tmp_path, *overrides)))
 
     assert key("model=resnet50", "attn=fused") == key("model=resnet50", "attn=naive")
+    assert key("model=resnet50", "window=fixed") == key("model=resnet50", "window=scaled")
+    assert key("model=test_swin", "attn=fused") == key("model=test_swin", "attn=naive")
+    assert key("model=test_swin", "window=fixed") != key("model=test_swin", "window=scaled")
     assert key("model=test_vit", "attn=fused") != key("model=test_vit", "attn=naive")
     assert key("model=test_vit") == key("model=test_vit", "results_dir=/elsewhere")
     assert key("model=test_vit") == key("model=test_vit", "time_budget_s=5")
@@ -91,6 +94,7 @@ def test_config_hash_ignores_options_a_model_does_not_take_and_output_paths(tmp_
         (["batch=0"], "batch must be a positive integer"),
         (["sweep=nope"], "unknown preset 'nope'"),
         (["device=tpu"], "unknown device 'tpu'"),
+        (["window=huge"], "unknown window 'huge'; allowed: fixed, scaled"),
         (["scan_backend=cuda_only"], "unknown selective_scan backend"),
     ],
 )

@@ -169,3 +169,27 @@ def _selective_scan_bwd_workspace(grad_y, grad_last, saved, u, delta, A, B, C, D
     if formula is None:
         return 0
     return formula(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias)
+
+
+@register_flop_formula(torch.ops.kernels.selective_scan_bwd)
+def _selective_scan_bwd_flops(grad_y_shape, grad_last_shape, saved_shape, u_shape, delta_shape,
+                              A_shape, B_shape, C_shape, D_shape, z_shape, delta_bias_shape,
+                              delta_softplus, *args, out_shape=None, **kwargs) -> int:  # fmt: skip
+    """The multiplications (multiply-adds count one) of the backward both fast backends run; exp,
+    sigmoid and plain additions uncounted, as the forward's formula leaves out softplus and SiLU.
+
+    Per step t, channel d and state n (a_t = exp(dt_t A), x_t = dt_t u_t B_t, gy_t the gradient
+    at the scan's output, after the gate): redo the forward from the chunk-start states, dt A and
+    a_t h_{t-1} + x_t (3); then the adjoint g_t = gy_t C_t + a_{t+1} g_{t+1} (2), dC_t += gy_t h_t,
+    dB_t += g_t dt_t u_t, s_t = sum_n g_t B_t (for du and ddelta), q_t = g_t a_t h_{t-1} (2),
+    ddelta_t += A q_t, dA += dt_t q_t (6); with a gate, also y_t = sum_n h_t C_t (1): 12 (+1).
+    Per step and channel: dt u, du = dt s, ddelta += u s (3); through softplus (1); the D skip:
+    dD, du (2); the gate: gy = g z sigmoid(z), dz = g (y + D u) SiLU'(z) (6, +1 with D).
+    Unlike the forward's 9 per state (the published convention of mamba_ssm and VMamba, kept for
+    comparable GMACs) this is the count of the algorithm itself.
+    """
+    batch, dim, length = u_shape
+    has_d, has_z = D_shape is not None, z_shape is not None
+    per_state = 12 + has_z
+    per_channel = 3 + bool(delta_softplus) + 2 * has_d + has_z * (6 + has_d)
+    return 2 * batch * dim * length * (A_shape[1] * per_state + per_channel)

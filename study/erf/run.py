@@ -26,7 +26,8 @@ from study.models import available, create, family_of
 
 log = logging.getLogger("study.erf")
 
-TIMM_FAMILIES = ("cnn", "vit", "gated_cnn")  # families whose weights timm's hub publishes
+# families whose weights timm's hub publishes
+TIMM_FAMILIES = ("cnn", "vit", "windowed_vit", "gated_cnn")
 ROW_INIT, ROW_TRAINED = "random init", "trained"
 _LIST_KEYS = ("model", "ckpt")
 

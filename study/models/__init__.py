@@ -1,7 +1,7 @@
 """The model zoo: one entry point for every family, at any input size.
 
 create(name, img_size, **overrides) -> model in eval mode built for img_size
-family_of(name) -> "cnn" | "vit" | "vim" | "vmamba" | "gated_cnn"
+family_of(name) -> "cnn" | "vit" | "windowed_vit" | "vim" | "vmamba" | "gated_cnn"
 available() -> the zoo's names
 feature_map(model, x) -> final spatial feature map (batch, C, H', W')
 """
@@ -18,7 +18,7 @@ from study.models.registry import Family, available, family_of
 __all__ = ["Family", "available", "create", "family_of", "feature_map"]
 
 # Families whose timm constructors take img_size; timm CNNs are fully convolutional and take none.
-_SIZED_FAMILIES = ("vit", "vim", "vmamba")
+_SIZED_FAMILIES = ("vit", "windowed_vit", "vim", "vmamba")
 
 
 def _build(name: str, kwargs: dict) -> nn.Module:
@@ -40,7 +40,9 @@ def create(name: str, img_size: int, **overrides) -> nn.Module:
     """Build zoo model `name` for `img_size`×`img_size` inputs, in eval mode, random init.
 
     overrides: constructor arguments (e.g. `bidirectional=False` for Vim, `directions=2` for VMamba,
-    `num_classes=0`), plus `attn="fused"|"naive"` for ViTs.
+    `num_classes=0`), plus `attn="fused"|"naive"` for ViTs and `window="fixed"|"scaled"` for
+    windowed ViTs (Swin; default "fixed": 7 tokens per side at every size, see
+    `timm_zoo.window_size_for`).
     """
     family = family_of(name)
     if not isinstance(img_size, int) or img_size < 32:
@@ -48,13 +50,23 @@ def create(name: str, img_size: int, **overrides) -> nn.Module:
     attn = overrides.pop("attn", None)
     if attn is not None and family != "vit":
         raise ValueError(f"attn= applies only to ViTs (family 'vit'); {name} is {family!r}")
+    window = overrides.pop("window", None)
+    if window is not None and family != "windowed_vit":
+        raise ValueError(
+            f"window= applies only to windowed ViTs (family 'windowed_vit'); {name} is {family!r}"
+        )
     kwargs = dict(overrides)
     if family in _SIZED_FAMILIES:
         kwargs["img_size"] = img_size
+    if family == "windowed_vit":
+        if window is not None and "window_size" in kwargs:
+            raise ValueError(f"give {name} window= or window_size=, not both")
+        kwargs.setdefault("window_size", timm_zoo.window_size_for(img_size, window or "fixed"))
     try:
         model = _build(name, kwargs)
     except TypeError as err:
-        allowed = _allowed_overrides(name, kwargs) + (", attn" if family == "vit" else "")
+        option = {"vit": ", attn", "windowed_vit": ", window"}.get(family, "")
+        allowed = _allowed_overrides(name, kwargs) + option
         raise ValueError(f"bad override for {name} ({err}); allowed: {allowed}") from None
     if attn is not None:
         timm_zoo.set_attention(model, attn)

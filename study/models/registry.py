@@ -2,8 +2,8 @@
 
 from typing import Literal
 
-Family = Literal["cnn", "vit", "vim", "vmamba", "gated_cnn"]
-FAMILIES: tuple[str, ...] = ("cnn", "vit", "vim", "vmamba", "gated_cnn")
+Family = Literal["cnn", "vit", "windowed_vit", "vim", "vmamba", "gated_cnn"]
+FAMILIES: tuple[str, ...] = ("cnn", "vit", "windowed_vit", "vim", "vmamba", "gated_cnn")
 
 _FAMILY_OF: dict[str, str] = {}
 _LISTED: list[str] = []  # the zoo users see; small test_* variants are registered but not listed
@@ -25,7 +25,8 @@ def available() -> list[str]:
 
 
 def family_of(name: str) -> Family:
-    """ "cnn", "vit", "vim", "vmamba" or "gated_cnn"; ValueError for an unknown name."""
+    """ "cnn", "vit", "windowed_vit", "vim", "vmamba" or "gated_cnn"; ValueError for an unknown
+    name."""
     if name not in _FAMILY_OF:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     return _FAMILY_OF[name]  # type: ignore[return-value]

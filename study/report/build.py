@@ -67,7 +67,8 @@ def _header(frame: pd.DataFrame, results_dir: Path) -> list[str]:
         f"`{NOT_RUN}` where the cell was not run, `n/a` where the row holds no such value. "
         "Parameters, GMACs and predicted memory are shown even on failed rows when they were "
         "computed (they do not need the model to run). A ViT's label names its attention "
-        "(`fused` = SDPA, `naive` = softmax(q·kᵀ)·v); `[scan=…]` names a scan backend where a "
+        "(`fused` = SDPA, `naive` = softmax(q·kᵀ)·v), a Swin's its window (`fixed` = 7 tokens "
+        "per side, `scaled` = 7·size/224); `[scan=…]` names a scan backend where a "
         "model was measured with several.",
         "",
     ]
@@ -167,8 +168,9 @@ def _section(
         "",
         "k in cost ∝ pixels^k, fitted on ok cells (GMACs and predicted memory also on failed "
         "cells that hold them): `top-2` between the two largest sizes, `all` by least squares "
-        "over every size (n/a: fewer than two sizes). Expect k → 2 for ViT with naive attention, "
-        "k ≈ 1 for convolutions, Vim and VMamba. `sizes` counts the ok cells.",
+        "over every size (n/a: fewer than two sizes). Expect k → 2 for ViT with naive attention "
+        "(and, as the size grows, for Swin with a scaled window), k ≈ 1 for convolutions, Swin "
+        "with a fixed window, Vim and VMamba. `sizes` counts the ok cells.",
         "",
         md_table(_exponent_text(analysis.exponent_table(section)), index=False),
     ]

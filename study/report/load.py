@@ -20,14 +20,15 @@ CELL_KEY: tuple[str, ...] = (
     "device_name",
     "precision",
     "attn",
+    "window",
     "scan_backend",
     "mode",
     "options",
 )
 SECTION_KEY: tuple[str, ...] = ("device_name", "precision", "batch_setting", "mode")
-FAMILY_ORDER: tuple[str, ...] = ("cnn", "gated_cnn", "vit", "vim", "vmamba")
+FAMILY_ORDER: tuple[str, ...] = ("cnn", "gated_cnn", "vit", "windowed_vit", "vim", "vmamba")
 SSM_FAMILIES: tuple[str, ...] = ("vim", "vmamba")
-ATTENTION_FAMILIES: tuple[str, ...] = ("vit",)
+ATTENTION_FAMILIES: tuple[str, ...] = ("vit", "windowed_vit")
 
 
 def tidy(rows: list[dict]) -> pd.DataFrame:
@@ -85,7 +86,8 @@ def _settings(row: dict) -> dict[str, str]:
 
 
 def variant_labels(frame: pd.DataFrame) -> pd.Series:
-    """`deit_small_patch16_224 (naive)` for ViTs; `vim_tiny [scan=reference]` only where a model
+    """`deit_small_patch16_224 (naive)` for ViTs; `swin_tiny_patch4_window7_224 (scaled window)`
+    for Swin; `vim_tiny [scan=reference]` only where a model
     was measured with more than one scan backend; `+compile`, `+channels_last` where used; the
     bare model name otherwise."""
     backends = frame.groupby("model")["scan_backend"].nunique()
@@ -95,6 +97,8 @@ def variant_labels(frame: pd.DataFrame) -> pd.Series:
         name = row["model"]
         if row["attn"]:
             name += f" ({row['attn']})"
+        if row["window"]:
+            name += f" ({row['window']} window)"
         if row["model"] in many and row["scan_backend"]:
             name += f" [scan={row['scan_backend']}]"
         if row["options"]:

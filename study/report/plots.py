@@ -24,6 +24,7 @@ FAMILY_CMAP: dict[str, str] = {
     "cnn": "Blues",
     "gated_cnn": "Purples",
     "vit": "Reds",
+    "windowed_vit": "RdPu",
     "vim": "Greens",
     "vmamba": "Oranges",
 }
@@ -45,7 +46,7 @@ def _family_color(family: str, shade: float = 0.7) -> tuple:
 
 def variant_styles(frame: pd.DataFrame) -> dict[str, dict]:
     """Colour by family (a shade per model), line style by implementation: naive attention dashed,
-    reference scan dotted. Keys in family order."""
+    Swin's scaled window dash-dotted, reference scan dotted. Keys in family order."""
     styles = {}
     for family in sorted(set(frame["family"]), key=_family_rank):
         part = frame[frame["family"] == family]
@@ -57,6 +58,8 @@ def variant_styles(frame: pd.DataFrame) -> dict[str, dict]:
             linestyle = "-"
             if first["attn"] == "naive":
                 linestyle = "--"
+            elif first["window"] == "scaled":
+                linestyle = "-."
             elif "scan=reference" in variant:
                 linestyle = ":"
             color = _family_color(family, shade_of[first["model"]])

@@ -37,13 +37,18 @@ def read_published(name: str, data_dir: Path = DATA_DIR) -> pd.DataFrame:
 
 def _our_row(section: pd.DataFrame, model: str, attn: str, size: int) -> pd.Series | None:
     """Our row for `model` at `size`; a published attn ("" = any) selects the ViT variant, else
-    the fused one is preferred (the default implementation), and scan backend "auto"."""
+    the fused one is preferred (the default implementation), Swin's fixed window (its published
+    setting), and scan backend "auto"."""
     part = section[(section["model"] == model) & (section["infer_img_size"] == size)]
     if attn:
         part = part[part["attn"] == attn]
     if part.empty:
         return None
-    rank = (part["attn"] == "fused").astype(int) * 2 + (part["scan_backend"] == "auto").astype(int)
+    rank = (
+        (part["attn"] == "fused").astype(int) * 4
+        + (part["window"] == "fixed").astype(int) * 2
+        + (part["scan_backend"] == "auto").astype(int)
+    )
     return part.loc[rank.sort_values(kind="stable").index[-1]]
 
 
