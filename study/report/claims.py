@@ -61,6 +61,15 @@ CLAIMS: dict[str, str] = {
 }
 CLAIM_11 = "Constraining attention (Swin's windows) does not remove the quadratic scaling"
 WINDOWS: tuple[str, ...] = ("fixed", "scaled")
+ERF_COLUMNS: tuple[str, ...] = (
+    "model",
+    "family",
+    "weights",
+    "img_size",
+    "r50_frac",
+    "cross_index",
+    "area_ratio_99",
+)
 
 
 @dataclass
@@ -180,7 +189,7 @@ def _missing(number: str, text: str, what: str) -> Claim:
 def claim_cnn(inputs: Inputs) -> Claim:
     per_section = _exponents(inputs, ("cnn",))
     if not per_section:
-        return _missing("1", CLAIMS["1"], "no CNN rows")
+        return _missing("1", CLAIMS["1"], "CNN rows")
     evidence, results = [], []
     for title, _part, table in per_section:
         evidence.append(
@@ -219,7 +228,7 @@ def claim_cnn(inputs: Inputs) -> Claim:
 def claim_vit(inputs: Inputs) -> Claim:
     per_section = _exponents(inputs, ("vit",))
     if not per_section:
-        return _missing("2", CLAIMS["2"], "no ViT rows")
+        return _missing("2", CLAIMS["2"], "ViT rows")
     evidence, results = [], []
     for title, part, table in per_section:
         gmacs_k = table["GMACs: k top-2"].max()
@@ -291,8 +300,8 @@ def _largest_vit(section: pd.DataFrame) -> str:
 
 def _erf_rows(inputs: Inputs, families: tuple[str, ...], trained: bool) -> pd.DataFrame:
     erf = inputs.erf
-    if erf.empty or "family" not in erf:
-        return erf.iloc[0:0] if not erf.empty else pd.DataFrame()
+    if erf.empty or not set(ERF_COLUMNS) <= set(erf.columns):
+        return pd.DataFrame(columns=list(ERF_COLUMNS))
     weights = erf["weights"].astype(str)
     keep = erf["family"].isin(families) & ((weights != "random init") == trained)
     rows = erf[keep].sort_values("img_size")
@@ -318,7 +327,7 @@ def _erf_text(rows: pd.DataFrame, label: str) -> str:
 def claim_ssm_linear(inputs: Inputs) -> Claim:
     per_section = _exponents(inputs, ("vim", "vmamba"))
     if not per_section:
-        return _missing("3", CLAIMS["3"], "no Vim or VMamba rows")
+        return _missing("3", CLAIMS["3"], "Vim or VMamba rows")
     evidence, results = [], []
     for title, _part, table in per_section:
         evidence.append(
@@ -396,7 +405,7 @@ def claim_windowed(inputs: Inputs) -> list[Claim]:
         if rows.empty:
             out.append(
                 _missing(
-                    number, text, f"no `windowed_vit` rows with window={window} (Swin-T, issue 17)"
+                    number, text, f"`windowed_vit` rows with window={window} (Swin-T, issue 17)"
                 )
             )
             continue
@@ -452,7 +461,7 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
     published = read_published("cost", inputs.data_dir)
     evidence, results = [], []
     if frame.empty or published.empty:
-        return _missing("4", CLAIMS["4"], "no rows or no published cost figures")
+        return _missing("4", CLAIMS["4"], "result rows and published cost figures")
     for title, section in sections(frame):
         table = vim_figure1_ratios(section, published)
         if table.empty or 1248 not in set(table["size"]):
@@ -530,7 +539,7 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
         return _missing(
             "4",
             CLAIMS["4"],
-            "no section with both vim_tiny and deit_tiny_patch16_224 (naive) at 1248 px",
+            "a section with both vim_tiny and deit_tiny_patch16_224 (naive) at 1248 px",
         )
     verdict, why = _combine(results)
     return Claim("4", CLAIMS["4"], "<br>".join(evidence), verdict, why)
@@ -633,9 +642,9 @@ def _ablation_cost(frame: pd.DataFrame, option: str) -> list[str]:
     """Cost saved by `option` against the default variant, per model and section, at the largest
     size where both ran ok."""
     texts = []
-    ablated_mask = _options(frame).str.split().map(lambda t: option in t)
     for title, section in sections(frame):
-        ablated = section[ablated_mask.loc[section.index] & (section["status"] == "ok")]
+        chosen = _options(section).str.split().map(lambda t: option in t)
+        ablated = section[chosen & (section["status"] == "ok")]
         default = default_rows(section)
         default = default[default["status"] == "ok"]
         for model, part in ablated.groupby("model"):
@@ -662,8 +671,11 @@ def _ablation_cost(frame: pd.DataFrame, option: str) -> list[str]:
 
 def claim_ablations(inputs: Inputs) -> Claim:
     published = inputs.data("ablation_accuracy.csv")
+    if published.empty:
+        cols = ["model", "option", "benchmark", "value_default", "value_ablated", "source", "note"]
+        published = pd.DataFrame(columns=cols)
     frame = inputs.frame
-    evidence, results = [], []
+    evidence = []
     pub_text = []
     for _, p in published.iterrows():
         if np.isfinite(p["value_default"]) and np.isfinite(p["value_ablated"]):
@@ -687,61 +699,46 @@ def claim_ablations(inputs: Inputs) -> Claim:
             "Missing: ablation rows (`options` = unidirectional, directions1, directions2) "
             "to set their cost beside the published accuracy change.",
         )
-    vim_pub = (
-        published[(published["option"] == "unidirectional") & published["value_default"].notna()]
-        if not published.empty
-        else published
+    vim_pub = published[published["option"] == "unidirectional"].dropna(
+        subset=["value_default", "value_ablated"]
     )
-    if costs.get("unidirectional") and len(vim_pub):
-        deltas = vim_pub["value_default"] - vim_pub["value_ablated"]
-        big = vim_pub[deltas > SMALL_ACCURACY_POINTS]
-        gains = ", ".join(
-            f"{b} {d:+.1f}" for b, d in zip(vim_pub["benchmark"], deltas, strict=True)
+    gains = vim_pub["value_default"] - vim_pub["value_ablated"]
+    text = ", ".join(f"{b} {d:+.1f}" for b, d in zip(vim_pub["benchmark"], gains, strict=True))
+    small = set(vim_pub.loc[gains <= SMALL_ACCURACY_POINTS, "benchmark"])
+    large = set(vim_pub["benchmark"]) - small
+    verdict: Verdict
+    if not costs.get("unidirectional"):
+        verdict, why = "not testable here", "Missing: Vim rows with options=unidirectional."
+    elif vim_pub.empty:
+        verdict, why = (
+            "not testable here",
+            ("Missing: a published accuracy change for Vim's backward direction."),
         )
-        if big.empty:
-            results.append(
-                (
-                    "holds",
-                    f"the backward direction adds at most "
-                    f"{SMALL_ACCURACY_POINTS} point ({gains}) for the cost saved above.",
-                )
-            )
-        elif len(big) < len(vim_pub):
-            results.append(
-                (
-                    "holds with a caveat",
-                    f"the backward direction adds little on "
-                    f"ImageNet but more elsewhere ({gains}) for the cost saved above.",
-                )
-            )
-        else:
-            results.append(("does not hold", f"the backward direction adds {gains}."))
-    elif costs.get("unidirectional"):
-        results.append(
+    elif not large:
+        verdict, why = "holds", f"The backward direction adds little ({text}) for its cost."
+    elif small:
+        verdict, why = (
+            "holds with a caveat",
             (
-                "not testable here",
-                "no published accuracy change for Vim's backward "
-                "direction in study/data/ablation_accuracy.csv.",
-            )
+                f"The backward direction adds little on {', '.join(sorted(small))} but more on "
+                f"{', '.join(sorted(large))} ({text}), for its cost."
+            ),
         )
     else:
-        results.append(("not testable here", "Missing: Vim rows with options=unidirectional."))
-    if costs.get("directions1") or costs.get("directions2"):
-        vm = published[published["model"].str.startswith("vmamba")] if len(published) else published
-        if len(vm) and vm["value_default"].notna().any():
-            results.append(("holds", "VMamba's directions are measured beside a published change."))
-        else:
-            verdict, why = _combine(results)
-            if verdict != "not testable here":
-                results = [
-                    (
-                        "holds with a caveat",
-                        why[:-1] + "; VMamba's directions are measured "
-                        "but its paper gives no accuracy change at equal width.",
-                    )
-                ]
-    verdict, why = _combine(results)
-    return Claim("7", CLAIMS["7"], "<br>".join(evidence), verdict, why)
+        verdict, why = "does not hold", f"The backward direction adds {text}."
+    vmamba_pub = published[published["option"].isin(["directions1", "directions2"])]
+    if not (costs.get("directions1") or costs.get("directions2")):
+        note = "VMamba's directions are not measured (no directions1/directions2 rows)."
+    elif vmamba_pub["value_default"].notna().any():
+        note = ""
+    else:
+        note = (
+            "VMamba's directions are measured, but its paper gives no accuracy change at equal "
+            "width."
+        )
+    if note and verdict == "holds":
+        verdict = "holds with a caveat"
+    return Claim("7", CLAIMS["7"], "<br>".join(evidence), verdict, f"{why} {note}".strip())
 
 
 # --- claim 8: the materialising scan ------------------------------------------------------------
@@ -762,9 +759,9 @@ def claim_naive_scan(inputs: Inputs) -> Claim:
         fused = section[~section["scan_backend"].isin(FUSED_SCANS_EXCLUDED)]
         for model, part in naive.groupby("model"):
             ref = fused[fused["model"] == model].drop_duplicates("infer_img_size", keep="last")
-            both = part.set_index("infer_img_size").join(
-                ref.set_index("infer_img_size"), how="inner", lsuffix="_naive", rsuffix="_fused"
-            )
+            both = pd.merge(
+                part, ref, on="infer_img_size", how="inner", suffixes=("_naive", "_fused")
+            ).set_index("infer_img_size")
             if both.empty:
                 continue
             measured = (both["status_naive"] == "ok") & (both["status_fused"] == "ok")
@@ -1003,6 +1000,9 @@ CHECKS: tuple[Callable[[Inputs], Claim | list[Claim]], ...] = (
 
 def check_claims(inputs: Inputs) -> list[Claim]:
     """Every claim, in order, each with exactly one verdict from VERDICTS."""
+    inputs = Inputs(
+        inputs.frame.reset_index(drop=True), inputs.erf, inputs.data_dir, inputs.plot_prefix
+    )
     out: list[Claim] = []
     for check in CHECKS:
         result = check(inputs)
