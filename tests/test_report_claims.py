@@ -258,3 +258,16 @@ def test_published_figures_decide_claims_9_and_10(tmp_path: Path) -> None:
 def test_claim_data_have_sources(name: str) -> None:
     frame = pd.read_csv(DATA_DIR / name, keep_default_na=False)
     assert len(frame) and (frame["source"].str.len() > 0).all()
+
+
+def test_block_costs_csv_is_what_the_script_computes() -> None:
+    from study.data.block_costs import block_rows
+
+    committed = pd.read_csv(DATA_DIR / "block_costs.csv")
+    for model in ("deit_tiny_patch16_224", "vmamba_tiny_v0"):
+        ours = pd.DataFrame(block_rows(model))
+        theirs = committed[committed["model"] == model].drop(columns="source")
+        pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
+    deit = committed[committed["model"] == "deit_tiny_patch16_224"].iloc[0]
+    assert deit["params_over_d2"] == pytest.approx(12, abs=0.1)  # 12·d² plus norms and biases
+    assert bool(deit["pos_embed"]) and bool(deit["mlp"]) and deit["blocks"] == 12
