@@ -185,6 +185,13 @@ def test_vim_figure1_oom_reproduced_or_not() -> None:
     assert claim(tidy(vim + oom), "4").verdict == "holds"
     slow = power_rows("vim_tiny", "vim", 1.0, 1.0, scan="triton", device="cuda", scale=1e4)
     assert claim(tidy(slow + deit), "4").verdict == "does not hold"
+    # the claim is about GPUs: a GPU section decides, a CPU section only adds evidence
+    cpu = power_rows("vim_tiny", "vim", 1.0, 1.0, scan="cpu") + power_rows(
+        "deit_tiny_patch16_224", "vit", 1.8, 2.0, attn="naive"
+    )
+    mixed = claim(tidy(vim + oom + cpu), "4")
+    assert mixed.verdict == "holds" and "cpu (2 threads)" in mixed.evidence
+    assert "crossovers Vim-Ti against DeiT-Ti (naive)" in mixed.evidence
 
 
 def test_naive_scan_memory_against_the_fused_one() -> None:

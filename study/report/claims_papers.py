@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from study.report import analysis
 from study.report.claims_common import (
     ABLATIONS,
     CAVEAT_SDPA,
@@ -33,13 +34,16 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
     saving_pub = paper.get("vim_memory_saving_1248", np.nan)
     frame = default_rows(inputs.frame)
     published = read_published("cost", inputs.data_dir)
-    evidence, results = [], []
+    evidence: list[str] = []
+    results: dict[bool, list[tuple[Verdict, str]]] = {True: [], False: []}  # by on_gpu
     if frame.empty or published.empty:
         return missing("4", CLAIMS["4"], "result rows and published cost figures")
     for title, section in sections(frame):
         table = vim_figure1_ratios(section, published)
         if table.empty or 1248 not in set(table["size"]):
             continue
+        # the claim is about GPUs: where a GPU section holds the grid, it decides the verdict
+        bucket = results[bool((section["device"] == "cuda").all())]
         line = table[table["size"] == 1248].iloc[0]
         mem, speed = line["memory, ours"], line["speed, ours"]
         deit = section[
@@ -53,20 +57,19 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
             f"{fmt(speed)}, memory DeiT-Ti/Vim-Ti {fmt(mem)}"
             + (f" (saving {100 * (1 - 1 / mem):.1f}%)" if isinstance(mem, float) else "")
             + f"; DeiT-Ti status {deit['status']} at batch {batch}"
+            + _crossovers(section, inputs)
         )
         if deit["status"] == "oom":
-            results.append(
+            bucket.append(
                 ("holds", f"DeiT-Ti runs out of memory at 1248 px on {title}, as in the paper.")
             )
             continue
         if not (isinstance(mem, float) and isinstance(speed, float)):
-            results.append(
-                ("not testable here", f"Vim-Ti or DeiT-Ti failed at 1248 px in {title}.")
-            )
+            bucket.append(("not testable here", f"Vim-Ti or DeiT-Ti failed at 1248 px in {title}."))
             continue
         saving = 100 * (1 - 1 / mem)
         if speed <= 1 or saving <= 0:
-            results.append(
+            bucket.append(
                 (
                     "does not hold",
                     f"at 1248 px Vim-Ti is {fmt(speed)}× DeiT-Ti's speed "
@@ -100,7 +103,7 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
                     f"against DeiT-Ti with fused attention Vim-Ti saves no memory "
                     f"(DeiT-Ti/Vim-Ti {fmt(fused_ratio)}), since {CAVEAT_SDPA}"
                 )
-        results.append(
+        bucket.append(
             (
                 "holds with a caveat",
                 f"Vim-Ti is {fmt(speed)}× faster (paper {fmt(speed_pub)}×) and saves {saving:.1f}% "
@@ -109,14 +112,32 @@ def claim_vim_figure1(inputs: Inputs) -> Claim:
                 + ".",
             )
         )
-    if not results:
+    if not (results[True] or results[False]):
         return missing(
             "4",
             CLAIMS["4"],
             "a section with both vim_tiny and deit_tiny_patch16_224 (naive) at 1248 px",
         )
-    verdict, why = combine(results)
+    verdict, why = combine(results[True] or results[False])
     return Claim("4", CLAIMS["4"], "<br>".join(evidence), verdict, why)
+
+
+def _crossovers(section: pd.DataFrame, inputs: Inputs) -> str:
+    """Where Vim-Ti becomes no dearer than DeiT-Ti (naive), from the report's crossover table."""
+    table = analysis.crossover_table(section, read_published("architecture", inputs.data_dir))
+    if table.empty:
+        return ""
+    pair = table[
+        table["SSM model"].str.startswith("vim_tiny")
+        & (table["attention model"] == "deit_tiny_patch16_224 (naive)")
+    ]
+    if pair.empty:
+        return ""
+    line = pair.iloc[0]
+    return (
+        f"; crossovers Vim-Ti against DeiT-Ti (naive): peak memory {line['peak MiB (measured)']}"
+        f" px, time {line['ms per image']} px"
+    )
 
 
 # --- claim 7: ablations -------------------------------------------------------------------------
