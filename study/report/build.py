@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from study.report import analysis, memory_check, plots
+from study.report.claims import claims_section
 from study.report.load import load_table, sections, slug
 from study.report.markdown import NOT_RUN, STATUS_TEXT, fmt, md_table, metric_table
 from study.report.published import (
@@ -282,6 +283,7 @@ def build_report(
         lines += ["Sections:", ""]
         lines += [f"- [{title}](#{_anchor(title)})" for title, _ in sections(frame)]
         lines += [""]
+        lines += claims_section(frame, results_dir)
         for title, section in sections(frame):
             lines += _section(title, section, plot_dir, results_dir, baseline, accuracy_size)
         lines += memory_check.section(frame, plot_dir, results_dir)
