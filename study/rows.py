@@ -24,7 +24,7 @@ COLUMNS: tuple[str, ...] = (
     "device_name",  # e.g. "cpu (2 threads, AMD EPYC ...)" or "NVIDIA H200"
     "precision",  # "float32" | "bfloat16"
     "attn",  # "fused" | "naive" for ViTs, "" otherwise
-    "scan_backend",  # "auto" | "reference" | "cpu" | "triton" for Vim/VMamba, "" otherwise
+    "scan_backend",  # "reference" | "cpu" | "triton" | "naive" for Vim/VMamba, "" otherwise
     "status",  # one of STATUSES
     "error",  # message for non-ok rows, "" otherwise
     "param_count",  # millions, as timm's CSV
