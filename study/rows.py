@@ -46,6 +46,8 @@ COLUMNS: tuple[str, ...] = (
     "timm_version",
     "git_commit",
     "time",  # ISO 8601 UTC when the row was written
+    # issue 12: the ablation a row measures
+    "options",  # "default" | "unidirectional" (Vim) | "directions1" | "directions2" (VMamba); ""
     "config_hash",  # hash of the measured cell's config: resume key
 )
 

@@ -56,8 +56,9 @@ def test_default_preset_is_the_issue_grid():
         with open_dict(cell):
             cell.merge_with({k: v for k, v in values.items()})
         cells.add(sweep.config_hash(sweep.cell_of(cell)))
-    # 3 CNNs + 3 Mamba-family + 2 DeiTs x 2 attn = 10 cells per size, 6 sizes
-    assert len(cells) == 60
+    # 3 CNNs + 3 Mamba-family + 2 DeiTs x 2 attn = 10 cells per size, plus the ablations
+    # (Vim-Ti and Vim-S unidirectional, VMamba-T with 1 and 2 directions) = 14, 6 sizes
+    assert len(cells) == 84
 
 
 def test_slurm_launcher_config_composes():

@@ -371,5 +371,9 @@ def test_vim(pretrained: bool = False, **kwargs) -> VisionMamba:
     return _create("test_vim", pretrained, **dict(model_args, **kwargs))
 
 
+# The sweep's `options` axis: ablation name -> constructor overrides (Vim paper, Table 4's
+# bidirectional ablation; see study/data/published_accuracy.csv).
+ABLATIONS = {"unidirectional": {"bidirectional": False}}
+
 register_family(["vim_tiny", "vim_small", "vim_base"], "vim")
 register_family(["test_vim"], "vim", listed=False)

@@ -579,5 +579,9 @@ def test_vmamba(pretrained: bool = False, **kwargs) -> VMamba:
     return _create(pretrained, args, kwargs)
 
 
+# The sweep's `options` axis: ablation name -> constructor overrides (VMamba paper's scan-direction
+# ablation: one or two directions instead of the four of cross-scan).
+ABLATIONS = {"directions1": {"directions": 1}, "directions2": {"directions": 2}}
+
 register_family(["vmamba_tiny", "vmamba_small", "vmamba_base", "vmamba_tiny_v0"], "vmamba")
 register_family(["test_vmamba"], "vmamba", listed=False)
