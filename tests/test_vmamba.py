@@ -321,3 +321,25 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError):  # a typo is not swallowed
         timm.create_model("test_vmamba", direction=2)
     assert ConvStem.channels_last is False
+
+
+# MzeroMiko/VMamba classification/models/vmamba.py (the code behind the released checkpoints):
+# x_proj as nn.Linear's default, mamba_init.init_dt_A_D ("v0"), then VSSM._init_weights:
+# trunc-normal(0.02) for every nn.Linear (its Linear2d included), zero biases, LayerNorm 1/0.
+@pytest.mark.parametrize("name", ["test_vmamba", "vmamba_tiny_v0"])
+def test_init_is_the_official_training_codes(name):
+    kwargs = dict(depths=(1, 1, 1, 1), embed_dim=16) if name == "vmamba_tiny_v0" else {}
+    model = timm.create_model(name, **kwargs)
+    for mixer in (m for m in model.modules() if hasattr(m, "x_proj_weight")):
+        k, rank_2n, d_inner = mixer.x_proj_weight.shape
+        assert mixer.x_proj_weight.abs().max() <= d_inner**-0.5
+        assert mixer.dt_projs_weight.abs().max() <= mixer.dt_rank**-0.5
+        step = F.softplus(mixer.dt_projs_bias)
+        assert step.min() >= 0.001 * (1 - 1e-6) and step.max() <= 0.1 * (1 + 1e-6)
+        a = torch.arange(1.0, mixer.d_state + 1).expand(k * d_inner, -1)
+        torch.testing.assert_close(mixer.A_logs.exp(), a)
+        assert torch.equal(mixer.Ds, torch.ones_like(mixer.Ds))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.abs().max() <= 2.0 and module.weight.std() < 0.03
+            assert module.bias is None or not module.bias.any()

@@ -449,6 +449,10 @@ class VMamba(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
+        # As VSSM._init_weights in the training code (classification/models/vmamba.py). The
+        # standalone root vmamba.py stores x_proj and dt_projs as nn.Linear subclasses, so its
+        # same rule re-draws them trunc-normal(0.02) too; ours keep the training code's init
+        # (nn.Linear default and Mamba's dt init, see SelectiveScan2D._init_scan).
         if isinstance(m, nn.Linear):  # Linear2d included
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
