@@ -83,3 +83,14 @@ def test_models_hold_the_buffer_and_the_prediction_sees_it(name):
     assert largest_mib > 0
     assert naive["predicted"]["activations_mib"] >= largest_mib
     assert naive["predicted"]["peak_mib"] >= ref["predicted"]["peak_mib"] + 0.5 * largest_mib
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_opcheck_naive(groups):
+    """Schema, fake implementation and autograd registration agree with the naive kernel."""
+    x = make_scan_inputs(2, 4, 3, 7, groups=groups, dtype=torch.float64)
+    for t in (x["u"], x["delta"], x["B"], x["C"], x["A"], x["D"], x["z"], x["delta_bias"]):
+        t.requires_grad_()
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    args = (*(x[k] for k in names), True, True, "naive")
+    torch.library.opcheck(torch.ops.kernels.selective_scan.default, args)
