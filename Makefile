@@ -34,12 +34,16 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-sweep: $(STAMP) ## measure the default grid (8 models x 6 sizes) on this machine, then write the report
+sweep: $(STAMP) ## measure the default grid (8 models x 6 sizes, ablations, naive scan) here, then report
 	$(PY) -m study.sweep sweep=default
+	$(PY) -m study.sweep sweep=ablations
+	$(PY) -m study.sweep sweep=naive_scan
 	$(PY) -m study.report results
 
-predict: $(STAMP) ## GMACs and predicted memory of the default grid only, nothing run for real (< 1 min)
+predict: $(STAMP) ## GMACs and predicted memory of the default grid and naive scan, nothing run for real
 	$(PY) -m study.sweep sweep=predicted results_dir=results/predicted
+	$(PY) -m study.sweep sweep=naive_scan measure.measured_memory=false measure.throughput=false \
+		results_dir=results/predicted
 
 report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and plots
 	$(PY) -m study.report results

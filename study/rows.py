@@ -24,7 +24,7 @@ COLUMNS: tuple[str, ...] = (
     "device_name",  # e.g. "cpu (2 threads, AMD EPYC ...)" or "NVIDIA H200"
     "precision",  # "float32" | "bfloat16"
     "attn",  # "fused" | "naive" for ViTs, "" otherwise
-    "scan_backend",  # "auto" | "reference" | "cpu" | "triton" for Vim/VMamba, "" otherwise
+    "scan_backend",  # "reference" | "cpu" | "triton" | "naive" for Vim/VMamba, "" otherwise
     "status",  # one of STATUSES
     "error",  # message for non-ok rows, "" otherwise
     "param_count",  # millions, as timm's CSV
@@ -54,6 +54,8 @@ COLUMNS: tuple[str, ...] = (
     # issue 17: Swin (family windowed_vit): its attention window, "fixed" (7) or "scaled"
     # (7·size/224); "" for the other families
     "window",
+    # issue 12: the ablation a row measures
+    "options",  # "default" | "unidirectional" (Vim) | "directions1" | "directions2" (VMamba); ""
     "config_hash",  # hash of the measured cell's config: resume key
 )
 

@@ -40,7 +40,7 @@ import kernels
 from kernels.selective_scan import resolve_backend
 from study.measure import peak_memory, predict, throughput
 from study.measure.device import device_name, device_tag, memory_mib
-from study.models import create, family_of
+from study.models import OPTIONS, ablation, create, family_of, options_of
 from study.rows import COLUMNS, row_path, write_row
 
 log = logging.getLogger("study.sweep")
@@ -69,14 +69,17 @@ def cell_of(cfg: DictConfig) -> dict:
     """The measurement-relevant config of one job, with options that do not apply normalised away.
 
     attn is "" except for ViTs, scan_backend "" except for Vim/VMamba (and "auto" resolved to the
-    backend that runs), so jobs that differ only in an option their model ignores are one cell.
-    window is a key only for windowed ViTs (Swin): it came after rows of the other families
-    existed, and leaving it out of their cells keeps their config hashes, so their rows resume.
+    backend that runs), options "" for families without ablations and "default" where the named
+    ablation belongs to another family, so jobs that differ only in an option their model ignores
+    are one cell. window is a key only for windowed ViTs (Swin): it came after rows of the other
+    families existed, and leaving it out of their cells keeps their config hashes.
     """
     family = family_of(cfg.model)
     backend = ""
     if family in SCAN_FAMILIES:
         backend = resolve_backend(cfg.scan_backend, torch.device(cfg.device))
+    overrides = ablation(cfg.model, cfg.options)  # ValueError for an unknown option
+    options = "" if not options_of(cfg.model) else cfg.options if overrides else "default"
     cell = {
         "model": cfg.model,
         "family": family,
@@ -87,6 +90,7 @@ def cell_of(cfg: DictConfig) -> dict:
         "precision": cfg.precision,
         "attn": cfg.attn if family == "vit" else "",
         "scan_backend": backend,
+        "options": options,
         "measure": OmegaConf.to_container(cfg.measure, resolve=True),
     }
     if family == "windowed_vit":
@@ -96,6 +100,8 @@ def cell_of(cfg: DictConfig) -> dict:
 
 def config_hash(cell: dict) -> str:
     """Stable 16-hex-digit hash of a cell (not of output paths or budgets): the resume key."""
+    if cell.get("options") in ("", "default"):  # rows from before the options axis keep their key
+        cell = {k: v for k, v in cell.items() if k != "options"}
     blob = json.dumps(cell, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -135,6 +141,7 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
         attn=cell["attn"],
         window=cell.get("window", ""),
         scan_backend=cell["scan_backend"],
+        options=cell["options"],
         error="",
         torch_version=torch.__version__,
         triton_version=_version("triton"),
@@ -228,6 +235,7 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
     overrides = {"attn": cell["attn"]} if cell["family"] == "vit" else {}
     if cell["family"] == "windowed_vit":
         overrides = {"window": cell["window"]}
+    overrides.update(ablation(cell["model"], cell["options"] or "default") or {})
     runs = runs_for_real(cell)
     if runs:
         model = create(cell["model"], size, **overrides).to(device)
@@ -305,7 +313,9 @@ def run_cell(cfg: DictConfig) -> dict:
     path = row_path(cfg.results_dir, device_tag(cell["device"]), key)
     name = f"{cell['model']} @{cell['img_size']} batch {cell['batch']} {cell['device']} "
     name += f"{cell['precision']}" + "".join(
-        f" {k}={cell[k]}" for k in ("attn", "window", "scan_backend") if cell.get(k)
+        f" {k}={cell[k]}"
+        for k in ("attn", "window", "scan_backend", "options")
+        if cell.get(k) not in (None, "", "default")
     )
     prefix = _progress_prefix()
     old = json.loads(path.read_text()) if path.exists() else None
@@ -376,6 +386,8 @@ def _check_value(key: str, value: str) -> str | None:
             return f"unknown {key} {value!r}; allowed: {', '.join(allowed)}"
         if key == "device" and value == "cuda" and not torch.cuda.is_available():
             return "device=cuda, but this machine has no CUDA GPU that torch can use"
+    elif key == "options" and value not in OPTIONS:
+        return f"unknown options {value!r}; allowed: {', '.join(OPTIONS)}"
     elif key == "scan_backend":
         try:
             resolve_backend(value, torch.device("cpu"))

@@ -182,12 +182,13 @@ def test_pareto_front() -> None:
 
 
 def test_published_data_have_sources_and_numbers() -> None:
-    for name in ("cost", "accuracy", "architecture"):
+    for name in ("cost", "accuracy", "architecture", "ablation"):
         frame = read_published(name)
         assert len(frame) > 0 and (frame["source"].str.len() > 0).all(), name
     cost = read_published("cost")
     assert (cost["value"].notna() | cost["note"].str.contains("OOM")).all()
     assert sorted(p.name for p in DATA_DIR.glob("published_*.csv")) == [
+        "published_ablation.csv",
         "published_accuracy.csv",
         "published_architecture.csv",
         "published_cost.csv",

@@ -45,9 +45,9 @@ def test_cuda_without_a_gpu_is_named():
     assert "no CUDA GPU" in sweep.check_args(["sweep=gpu_check"])
 
 
-def test_default_preset_is_the_issue_grid():
+def _preset_cells(preset: str) -> set[str]:
     with initialize_config_dir(str(sweep.CONF_DIR), version_base="1.3"):
-        cfg = compose("sweep", overrides=["sweep=default"], return_hydra_config=True)
+        cfg = compose("sweep", overrides=[f"sweep={preset}"], return_hydra_config=True)
     jobs = sweep.expand_jobs(cfg.hydra.sweeper.params, [])
     cells = set()
     for job in jobs:
@@ -56,8 +56,17 @@ def test_default_preset_is_the_issue_grid():
         with open_dict(cell):
             cell.merge_with({k: v for k, v in values.items()})
         cells.add(sweep.config_hash(sweep.cell_of(cell)))
+    return cells
+
+
+def test_default_preset_is_the_issue_grid():
+    default, ablations = _preset_cells("default"), _preset_cells("ablations")
     # 3 CNNs + 3 Mamba-family + 2 DeiTs x 2 attn + Swin-T x 2 windows = 12 cells per size, 6 sizes
-    assert len(cells) == 72
+    assert len(default) == 72
+    # Vim-Ti and Vim-S unidirectional, VMamba-T with 1 and 2 directions: 4 new cells per size; the
+    # jobs whose option belongs to the other family are the 3 models' default cells, already in
+    # sweep=default
+    assert len(ablations - default) == 24 and len(ablations & default) == 18
 
 
 def test_slurm_launcher_config_composes():

@@ -259,3 +259,26 @@ def test_gradient_of_one_token_reaches_both_ends_of_the_image():
     with kernels.use_backend("reference"):
         torch.testing.assert_close(grad, _centre_token_input_gradient(model, x))
     assert grad[..., :16, :16].abs().sum() > 0 and grad[..., 32:, 32:].abs().sum() > 0
+
+
+# hustvl/Vim's init (vim/models_mamba.py `_init_weights`, mamba-1p1p1 mamba_simple.py): every
+# nn.Linear bias is zeroed except dt_proj.bias, the one marked `_no_reinit`.
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_init_is_the_official_one(bidirectional):
+    model = timm.create_model("test_vim", img_size=64, bidirectional=bidirectional)
+    dt_min, dt_max = 0.001, 0.1
+    for layer in model.layers:
+        mixer = layer.mixer
+        bound = mixer.dt_rank**-0.5
+        step = F.softplus(mixer.dt_proj.bias)
+        assert step.min() >= dt_min * (1 - 1e-6) and step.max() <= dt_max * (1 + 1e-6)
+        assert step.std() > 0  # log-uniform draws, not a constant
+        if bidirectional:
+            assert torch.equal(mixer.dt_proj_b.bias, torch.zeros_like(mixer.dt_proj_b.bias))
+            assert mixer.dt_proj_b.weight.abs().max() <= bound
+            assert mixer.dt_proj_b.weight.std() > 0
+        torch.testing.assert_close(mixer.A_log.exp()[0], torch.arange(1.0, 17.0))
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for name, module in linears:
+        if module.bias is not None and not name.endswith(".dt_proj"):
+            assert torch.equal(module.bias, torch.zeros_like(module.bias)), name

@@ -240,6 +240,65 @@ def test_checkpoint_filter_fn_jan2024_names():
         torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
 
 
+# The standalone root vmamba.py (MzeroMiko/VMamba): SS2Dv2 stores the K directions' projections as
+# grouped 1x1 convs, flat (`x_proj = Linear(Di, K*(R+2N), groups=K)`, `dt_projs = Linear(R, K*Di,
+# groups=K)`), and `_make_downsample(version="v1")`, the January-2024 patch merging, is
+# Sequential(PatchMerge, LayerNorm, Linear).
+TO_OFFICIAL_ROOT_FLAT = [(r"\.op\.x_proj_weight$", ".op.x_proj.weight"),
+                         (r"\.op\.dt_projs_weight$", ".op.dt_projs.weight")]  # fmt: skip
+TO_OFFICIAL_ROOT_V1 = [
+    (r"^patch_embed\.proj\.", "patch_embed.0."),
+    (r"^patch_embed\.norm\.", "patch_embed.2."),
+    (r"\.downsample\.norm\.", ".downsample.1."),
+    (r"\.downsample\.reduction\.", ".downsample.2."),
+]
+
+
+def flatten_projections(state_dict: dict) -> dict:
+    """Our stacked (K, R+2N, Di) / (K, Di, R) -> the root vmamba.py's flat 2-D weights."""
+    out = to_official(state_dict, TO_OFFICIAL_ROOT_FLAT)
+    for key in out:
+        if key.endswith((".op.x_proj.weight", ".op.dt_projs.weight")):
+            out[key] = out[key].reshape(-1, out[key].shape[-1])
+    return out
+
+
+def assert_same_logits_after_loading(name: str, official: dict, **kwargs) -> None:
+    torch.manual_seed(0)
+    source = timm.create_model(name, **kwargs).eval()
+    torch.manual_seed(1)
+    target = timm.create_model(name, **kwargs).eval()
+    target.load_state_dict(checkpoint_filter_fn({"model": official(source)}, target), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("directions", [4, 2])
+def test_checkpoint_filter_fn_root_vmamba_flat_projections(directions):
+    def official(model):
+        state = flatten_projections(to_official(model.state_dict(), TO_OFFICIAL_NEURIPS))
+        k, c, di = model.layers[0].blocks[0].op.x_proj_weight.shape
+        assert state["layers.0.blocks.0.op.x_proj.weight"].shape == (k * c, di)
+        k, di, r = model.layers[0].blocks[0].op.dt_projs_weight.shape
+        assert state["layers.0.blocks.0.op.dt_projs.weight"].shape == (k * di, r)
+        assert not any(key.endswith(("x_proj_weight", "dt_projs_weight")) for key in state)
+        return state
+
+    assert_same_logits_after_loading("test_vmamba", official, directions=directions)
+
+
+def test_checkpoint_filter_fn_jan2024_patch_merging_as_sequential():
+    def official(model):
+        state = to_official(model.state_dict(), TO_OFFICIAL_ROOT_V1)
+        assert "layers.0.downsample.1.weight" in state and "layers.0.downsample.1.bias" in state
+        assert "layers.2.downsample.2.weight" in state and "patch_embed.0.weight" in state
+        assert not any(".reduction." in key for key in state)
+        return state
+
+    assert_same_logits_after_loading("vmamba_tiny_v0", official, depths=(1, 1, 1, 1), embed_dim=16)
+
+
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
@@ -262,3 +321,25 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError):  # a typo is not swallowed
         timm.create_model("test_vmamba", direction=2)
     assert ConvStem.channels_last is False
+
+
+# MzeroMiko/VMamba classification/models/vmamba.py (the code behind the released checkpoints):
+# x_proj as nn.Linear's default, mamba_init.init_dt_A_D ("v0"), then VSSM._init_weights:
+# trunc-normal(0.02) for every nn.Linear (its Linear2d included), zero biases, LayerNorm 1/0.
+@pytest.mark.parametrize("name", ["test_vmamba", "vmamba_tiny_v0"])
+def test_init_is_the_official_training_codes(name):
+    kwargs = dict(depths=(1, 1, 1, 1), embed_dim=16) if name == "vmamba_tiny_v0" else {}
+    model = timm.create_model(name, **kwargs)
+    for mixer in (m for m in model.modules() if hasattr(m, "x_proj_weight")):
+        k, rank_2n, d_inner = mixer.x_proj_weight.shape
+        assert mixer.x_proj_weight.abs().max() <= d_inner**-0.5
+        assert mixer.dt_projs_weight.abs().max() <= mixer.dt_rank**-0.5
+        step = F.softplus(mixer.dt_projs_bias)
+        assert step.min() >= 0.001 * (1 - 1e-6) and step.max() <= 0.1 * (1 + 1e-6)
+        a = torch.arange(1.0, mixer.d_state + 1).expand(k * d_inner, -1)
+        torch.testing.assert_close(mixer.A_logs.exp(), a)
+        assert torch.equal(mixer.Ds, torch.ones_like(mixer.Ds))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.abs().max() <= 2.0 and module.weight.std() < 0.03
+            assert module.bias is None or not module.bias.any()

@@ -11,7 +11,7 @@ from kernels.selective_scan import cpu
 from kernels.selective_scan.ops import selective_scan_op
 from kernels.selective_scan.reference import selective_scan_ref  # noqa: F401 (tests patch it)
 
-Backend = Literal["auto", "reference", "cpu", "triton"]
+Backend = Literal["auto", "reference", "cpu", "triton", "naive"]
 
 
 def _same_groups(B: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +47,7 @@ def _through_op(backend: str) -> Callable:
 
 # name -> implementation with the signature of `selective_scan_ref`. Every built-in backend runs
 # behind `torch.ops.kernels.selective_scan`, so FLOP counters and FakeTensorMode see one op.
-BACKENDS = {name: _through_op(name) for name in ("reference", "cpu", "triton")}
+BACKENDS = {name: _through_op(name) for name in ("reference", "cpu", "triton", "naive")}
 
 # What "auto" means inside `use_backend(...)`: a sweep picks the scan without the models knowing.
 _auto_override: list[str] = []

@@ -6,7 +6,8 @@ formula (the backward is a second op, so it too runs under FakeTensorMode) and a
 
 The op returns (y, last_state, saved): `saved` is what the backend keeps for its backward (the CPU
 and Triton backends: the state at the start of every CHUNK-step chunk plus the final state,
-(batch, D, ceil(L / CHUNK) + 1, N); the reference: nothing, (batch, D, 0, N)).
+(batch, D, ceil(L / CHUNK) + 1, N); the reference: nothing, (batch, D, 0, N); the naive
+backend: exp(delta A) and delta B u, (batch, D, 2L, N), the peak it holds).
 """
 
 import importlib
@@ -23,6 +24,7 @@ Tensor = torch.Tensor
 # backend name -> modules with `fwd(...)` and `bwd(...)` (imported on first use: Triton is heavy)
 _FWD = {"cpu": "kernels.selective_scan.cpu", "triton": "kernels.selective_scan.triton_fwd"}
 _BWD = {"cpu": "kernels.selective_scan.cpu", "triton": "kernels.selective_scan.triton_bwd"}
+_FWD["naive"] = _BWD["naive"] = "kernels.selective_scan.naive"  # materialising (naive.py)
 
 
 def _state_dtype(u: Tensor) -> torch.dtype:
@@ -30,6 +32,8 @@ def _state_dtype(u: Tensor) -> torch.dtype:
 
 
 def _saved_len(length: int, backend: str) -> int:
+    if backend == "naive":  # exp(delta A) and delta B u, L steps each (naive.py)
+        return 2 * length
     return 0 if backend == "reference" else -(-length // CHUNK) + 1
 
 

@@ -3,10 +3,13 @@
 create(name, img_size, **overrides) -> model in eval mode built for img_size
 family_of(name) -> "cnn" | "vit" | "windowed_vit" | "vim" | "vmamba" | "gated_cnn"
 available() -> the zoo's names
+options_of(name) -> the ablations that apply to a model ("default" first), () if none does
+ablation(name, option) -> constructor overrides of a named ablation, or None where it does not apply
 feature_map(model, x) -> final spatial feature map (batch, C, H', W')
 """
 
 import inspect
+from typing import Literal
 
 import timm
 import torch
@@ -15,7 +18,13 @@ import torch.nn as nn
 from study.models import timm_zoo, vim, vmamba  # noqa: F401  (importing registers the families)
 from study.models.registry import Family, available, family_of
 
-__all__ = ["Family", "available", "create", "family_of", "feature_map"]
+__all__ = ["OPTIONS", "Family", "Option", "ablation", "available", "create", "family_of",
+           "feature_map", "options_of"]  # fmt: skip
+
+# Named ablations (the sweep's `options` axis): each family file lists its own as ABLATIONS.
+Option = Literal["default", "unidirectional", "directions1", "directions2"]
+_ABLATIONS: dict[str, dict[str, dict]] = {"vim": vim.ABLATIONS, "vmamba": vmamba.ABLATIONS}
+OPTIONS: tuple[str, ...] = ("default", *(o for a in _ABLATIONS.values() for o in a))
 
 # Families whose timm constructors take img_size; timm CNNs are fully convolutional and take none.
 _SIZED_FAMILIES = ("vit", "windowed_vit", "vim", "vmamba")
@@ -71,6 +80,26 @@ def create(name: str, img_size: int, **overrides) -> nn.Module:
     if attn is not None:
         timm_zoo.set_attention(model, attn)
     return model.eval()
+
+
+def options_of(name: str) -> tuple[str, ...]:
+    """The options that change model `name` ("default" first); () for a family without ablations."""
+    names = tuple(_ABLATIONS.get(family_of(name), {}))
+    return ("default", *names) if names else ()
+
+
+def ablation(name: str, option: Option) -> dict | None:
+    """Constructor overrides of ablation `option` for zoo model `name` ("default": {}).
+
+    None where the option does not apply to the model's family (e.g. "unidirectional" for
+    VMamba): the sweep normalises such a cell to its default. ValueError for an unknown option.
+    """
+    if option not in OPTIONS:
+        raise ValueError(f"unknown options {option!r}; allowed: {', '.join(OPTIONS)}")
+    if option == "default":
+        return {}
+    overrides = _ABLATIONS.get(family_of(name), {}).get(option)
+    return None if overrides is None else dict(overrides)
 
 
 def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

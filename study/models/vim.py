@@ -74,6 +74,9 @@ class BiMambaMixer(nn.Module):
             setattr(self, f"x_proj{s}", nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, False))
             dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
             self._init_dt_proj(dt_proj, dt_min, dt_max, dt_init_floor)
+            if s:  # as hustvl/Vim: only dt_proj.bias is marked _no_reinit, so its
+                # `_init_weights` zeroes dt_proj_b.bias (vim/models_mamba.py; mamba_simple.py)
+                nn.init.zeros_(dt_proj.bias)
             setattr(self, f"dt_proj{s}", dt_proj)
             # S4D-real: A = -[1..N] for every channel; kept as log(-A) in float32.
             a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32))
@@ -236,7 +239,10 @@ class VisionMamba(nn.Module):
 
     def _init_weights(self, depth: int) -> None:
         # As the official code: patch conv lecun-normal, head and tokens trunc-normal(0.02),
-        # out_proj Kaiming-uniform / sqrt(depth) (GPT-2 residual scheme); dt_proj keeps Mamba's.
+        # out_proj Kaiming-uniform / sqrt(depth) (GPT-2 residual scheme), every Linear bias zero
+        # but the forward dt_proj's (Mamba's dt init; dt_proj_b.bias is 0, see BiMambaMixer).
+        # dt_proj_b.weight: official nn.Linear default = U(+-R^-0.5), the same law as Mamba's.
+        # Left different: the order of random draws, so equal seeds give other values.
         lecun_normal_(self.patch_embed.proj.weight)
         nn.init.zeros_(self.patch_embed.proj.bias)
         if isinstance(self.head, nn.Linear):
@@ -370,6 +376,10 @@ def test_vim(pretrained: bool = False, **kwargs) -> VisionMamba:
     model_args = dict(img_size=224, embed_dim=32, depth=2)
     return _create("test_vim", pretrained, **dict(model_args, **kwargs))
 
+
+# The sweep's `options` axis: ablation name -> constructor overrides (Vim paper, Table 4's
+# bidirectional ablation; see study/data/published_accuracy.csv).
+ABLATIONS = {"unidirectional": {"bidirectional": False}}
 
 register_family(["vim_tiny", "vim_small", "vim_base"], "vim")
 register_family(["test_vim"], "vim", listed=False)

@@ -322,7 +322,9 @@ class PatchMerging(nn.Module):
     (4C), LayerNorm, linear 4C -> 2C (no bias)."""
 
     channels_last = True
-    OFFICIAL_NAMES: dict[str, str] = {}
+    # The official root vmamba.py's `_make_downsample` version "v1": Sequential(PatchMerge, norm,
+    # reduction); the January-2024 classification code names them norm and reduction, as here.
+    OFFICIAL_NAMES = {"1": "norm", "2": "reduction"}
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
@@ -447,6 +449,10 @@ class VMamba(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
+        # As VSSM._init_weights in the training code (classification/models/vmamba.py). The
+        # standalone root vmamba.py stores x_proj and dt_projs as nn.Linear subclasses, so its
+        # same rule re-draws them trunc-normal(0.02) too; ours keep the training code's init
+        # (nn.Linear default and Mamba's dt init, see SelectiveScan2D._init_scan).
         if isinstance(m, nn.Linear):  # Linear2d included
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
@@ -505,16 +511,23 @@ def _rename_official(key: str, model: VMamba) -> str:
         parts[4] = {"ln_1": "norm", "self_attention": "op"}.get(parts[4], parts[4])
     elif parts[0] in ("norm", "head"):  # before the `classifier` Sequential existed
         parts.insert(0, "classifier")
+    if parts[-2:] in (["x_proj", "weight"], ["dt_projs", "weight"]):  # root vmamba.py, flat
+        parts[-2:] = [f"{parts[-2]}_weight"]
     return ".".join(parts)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: VMamba) -> dict[str, torch.Tensor]:
     """Official VMamba checkpoint (optionally wrapped as {"model": ...}) -> our state dict.
 
-    Renames the official stem/downsample nn.Sequential indices (patch_embed.0,
-    layers.i.downsample.1, ...) and the January-2024 names (ln_1, self_attention, top-level norm
-    and head); reshapes 1x1-conv weights (out, in, 1, 1) stored for our Linear2d (out, in).
-    Everything else is already identical.
+    Layouts (MzeroMiko/VMamba): the training code `classification/models/vmamba.py` (the released
+    checkpoints) and the standalone root `vmamba.py`. Renames the official stem/downsample
+    nn.Sequential indices (patch_embed.0, layers.i.downsample.1, ...; the January-2024 patch
+    merging as Sequential: downsample.1 the norm, downsample.2 the reduction) and the January-2024
+    names (ln_1, self_attention, top-level norm and head); reshapes 1x1-conv weights
+    (out, in, 1, 1) stored for our Linear2d (out, in), and the root vmamba.py's flat grouped
+    projections `op.x_proj.weight` (K*(R+2N), Di) and `op.dt_projs.weight` (K*Di, R) to our
+    stacked x_proj_weight (K, R+2N, Di) and dt_projs_weight (K, Di, R). Everything else is already
+    identical.
     """
     if "model" in state_dict and isinstance(state_dict["model"], dict):
         state_dict = state_dict["model"]
@@ -525,6 +538,13 @@ def checkpoint_filter_fn(state_dict: dict, model: VMamba) -> dict[str, torch.Ten
         target = ours.get(name)
         if target is not None and value.dim() == 4 and target.dim() == 2:
             value = value.reshape(target.shape)
+        elif (
+            target is not None
+            and target.dim() == 3
+            and value.dim() == 2
+            and value.numel() == target.numel()
+        ):
+            value = value.reshape(target.shape)  # root vmamba.py's flat x_proj / dt_projs
         out[name] = value
     return out
 
@@ -578,6 +598,10 @@ def test_vmamba(pretrained: bool = False, **kwargs) -> VMamba:
     args = dict(depths=(1, 1, 1, 1), embed_dim=16, ssm_ratio=1.0, d_state=1)
     return _create(pretrained, args, kwargs)
 
+
+# The sweep's `options` axis: ablation name -> constructor overrides (VMamba paper's scan-direction
+# ablation: one or two directions instead of the four of cross-scan).
+ABLATIONS = {"directions1": {"directions": 1}, "directions2": {"directions": 2}}
 
 register_family(["vmamba_tiny", "vmamba_small", "vmamba_base", "vmamba_tiny_v0"], "vmamba")
 register_family(["test_vmamba"], "vmamba", listed=False)

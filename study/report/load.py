@@ -38,14 +38,15 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
     measured variants apart). Missing columns become NaN or "". Of several rows for one cell, an
     `error` row loses to any other; otherwise the newest (`time`) wins.
     """
-    frame = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    columns = [c for c in COLUMNS if c != "options"]  # `_settings` folds it into its options
+    frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
     settings = pd.DataFrame(
         [_settings(r) for r in rows], columns=["batch_setting", "mode", "options"]
     )
     frame = pd.concat([frame, settings], axis=1)
     for col in NUMERIC_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    text_cols = [c for c in COLUMNS if c not in NUMERIC_COLUMNS]
+    text_cols = [c for c in columns if c not in NUMERIC_COLUMNS]
     frame[text_cols] = frame[text_cols].astype(object).fillna("").astype(str)
     frame.loc[frame["status"] == "", "status"] = "error"
     frame.loc[frame["device_name"] == "", "device_name"] = frame["device"].replace("", "unknown")
@@ -74,14 +75,18 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
 
 def _settings(row: dict) -> dict[str, str]:
     """What the row's resolved config says beyond the columns: the batch asked for, inference or a
-    training step, and options that change the measured program (channels_last, compile)."""
+    training step, and options that change the measured program (the row's ablation `options`
+    unless "default", then channels_last, compile)."""
     config = row.get("config") if isinstance(row.get("config"), dict) else {}
     measure = config.get("measure") if isinstance(config.get("measure"), dict) else {}
     batch = config.get("batch")
     return {
         "batch_setting": "" if batch is None else str(batch),
         "mode": "train" if measure.get("train") else "inference",
-        "options": " ".join(f"+{k}" for k in ("channels_last", "compile") if measure.get(k)),
+        "options": " ".join(
+            ([row["options"]] if row.get("options") not in (None, "", "default") else [])
+            + [f"+{k}" for k in ("channels_last", "compile") if measure.get(k)]
+        ),
     }
 
 
@@ -119,7 +124,9 @@ def read_results_csv(path: str | Path) -> pd.DataFrame:
     """`results.csv` as written by the report, text columns back to "" where empty."""
     frame = pd.read_csv(path)
     extra = ("variant", "batch_setting", "mode", "options")
-    text_cols = [c for c in (*COLUMNS, *extra) if c in frame and c not in NUMERIC_COLUMNS]
+    text_cols = [
+        c for c in dict.fromkeys((*COLUMNS, *extra)) if c in frame and c not in NUMERIC_COLUMNS
+    ]
     frame[text_cols] = frame[text_cols].astype(object).fillna("").astype(str)
     return frame
 
