@@ -8,24 +8,34 @@ submitit_local, SLURM). Each job
     -> [oom if the prediction exceeds the device] -> measured memory -> throughput
 
 under a per-cell time budget, and writes its row atomically to
-`<results_dir>/rows/<device tag>/<config hash>.json`. A cell whose row is already `ok` (or a
-final `oom`, `invalid`, or `timeout` within the same budget) is skipped, so a re-run after Ctrl-C
-or a lost node redoes nothing. A failing cell becomes a row with status oom | timeout | invalid |
-error; the sweep goes on. With measure.measured_memory=false and measure.throughput=false only
-the predictions are made: the model is built on the meta device and nothing runs for real.
+`<results_dir>/rows/<device tag>/<config hash>.json`. A cell whose row is final is skipped, so a
+re-run after Ctrl-C or a lost node redoes nothing. A row is final when it came from the same code
+(`code_hash`; keep_old_rows=true keeps rows of other code) and is `ok` or `invalid`, an `oom`
+under a memory limit no lower than today's, or a `timeout` under a budget no lower than today's.
+A failing cell becomes a row with status oom | timeout | invalid | error; the sweep goes on. With
+measure.measured_memory=false and measure.throughput=false only the predictions are made: the
+model is built on the meta device and nothing runs for real.
+
+One sweep writes a results folder at a time (`<results_dir>/.sweep.lock` names its pid and
+host). Every timing is checked for a quiet machine: other processes' CPU use and the spread of
+the timed steps are recorded in the row, and a noisy timing is taken again, then flagged in
+`timing_note`.
 """
 
+import fcntl
 import gc
 import hashlib
 import json
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -34,14 +44,14 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
 from kernels.selective_scan import resolve_backend
 from study.measure import peak_memory, predict, throughput
 from study.measure.device import device_name, device_tag, memory_mib
 from study.models import create, family_of
-from study.rows import COLUMNS, row_path, write_row
+from study.rows import COLUMNS, code_hash, row_path, write_row
 
 log = logging.getLogger("study.sweep")
 
@@ -50,6 +60,8 @@ SCAN_FAMILIES = ("vim", "vmamba")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")
 ATTNS = ("fused", "naive")
+LIMIT_SLACK = 0.05  # an oom row's limit counts as raised only past this (MemAvailable drifts)
+LOCK_ENV = "STUDY_SWEEP_LOCK"  # the lock file a launching sweep holds for its job processes
 
 
 class CellTimeout(Exception):
@@ -58,6 +70,10 @@ class CellTimeout(Exception):
 
 class PredictedOOM(Exception):
     """The predicted peak memory exceeds what the device has."""
+
+
+class LockBusy(RuntimeError):
+    """Another sweep is writing the same results folder."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +149,9 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
         triton_version=_version("triton"),
         timm_version=_version("timm"),
         git_commit=git_commit(),
+        code_hash=code_hash(),
+        time_budget_s=float(cfg.time_budget_s),
+        timing_note="",
         config_hash=key,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -141,13 +160,58 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
     return row
 
 
-def is_final(row: dict | None, cfg: DictConfig) -> bool:
-    """Whether an existing row settles its cell: a re-run measures it again only if not."""
+def memory_limit(cfg: DictConfig, device: str) -> float:
+    """The memory (MiB) a cell may use: memory_limit_mib, else what the device has now."""
+    if cfg.memory_limit_mib is None:
+        return memory_mib(device)
+    return float(cfg.memory_limit_mib)
+
+
+def _oom_is_final(row: dict, limit_mib: float) -> bool:
+    """An oom row stands unless the limit it hit has been raised."""
+    predicted = row.get("predicted_peak_mib")
+    if str(row.get("error", "")).startswith("PredictedOOM") and predicted is not None:
+        return limit_mib < predicted  # the prediction is exact: redo as soon as it fits
+    old = row.get("memory_limit_mib", row.get("config", {}).get("memory_limit_mib"))
+    if old is None:  # rows from before limits were recorded
+        return True
+    return limit_mib <= old * (1 + LIMIT_SLACK)
+
+
+def is_final(row: dict | None, cfg: DictConfig, limit_mib: float | None = None) -> bool:
+    """Whether an existing row settles its cell: a re-run measures it again only if not.
+
+    `limit_mib`: today's memory limit (default `memory_limit(cfg, ...)` for the row's device).
+    """
     if row is None or row.get("status") in cfg.redo:
         return False
+    if row.get("code_hash") != code_hash() and not cfg.keep_old_rows:
+        return False
     if row.get("status") == "timeout":  # a bigger budget deserves another try
-        return row.get("config", {}).get("time_budget_s", 0) >= cfg.time_budget_s
+        budget = row.get("time_budget_s", row.get("config", {}).get("time_budget_s", 0))
+        return budget >= cfg.time_budget_s
+    if row.get("status") == "oom":
+        if limit_mib is None:
+            limit_mib = memory_limit(cfg, row.get("device") or cfg.device)
+        return _oom_is_final(row, limit_mib)
     return True
+
+
+def read_row(path: Path) -> dict | None:
+    """The row at `path`, or None if there is none; an unreadable one is moved aside, said once."""
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+        if not isinstance(row, dict):
+            raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        reason = str(err).splitlines()[0][:200]
+        log.warning(f"{path}: unreadable row ({reason}), moved to {aside.name}; measuring again")
+        return None
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,21 +274,93 @@ def runs_for_real(cell: dict) -> bool:
     return cell["measure"]["measured_memory"] or cell["measure"]["throughput"]
 
 
-def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> None:
-    """Fill `row` step by step, so a cell stopped half-way keeps what it measured."""
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall s, s all cores spent busy since boot, s this process spent on a core), or None where
+    /proc/stat is missing."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(fields[3:5])  # idle, iowait; guest time is already counted in user
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return time.monotonic(), busy, own.user + own.system
+
+
+def other_cpu_load(since: tuple[float, float, float] | None) -> float | None:
+    """Cores that other processes kept busy since `since` (`_cpu_seconds()`), None if unknown."""
+    now = _cpu_seconds()
+    if since is None or now is None or now[0] <= since[0]:
+        return None
+    other_s = (now[1] - since[1]) - (now[2] - since[2])
+    return max(0.0, other_s / (now[0] - since[0]))
+
+
+def noise_of(timing: dict, device: str, quiet: DictConfig) -> list[str]:
+    """Why a timing is not to be trusted (empty when the machine was quiet)."""
+    reasons = []
+    other = timing["other_cpu_load"]
+    if torch.device(device).type == "cpu" and other is not None and other > quiet.max_other_cores:
+        reasons.append(
+            f"other processes kept {other:.1f} cores busy (limit {quiet.max_other_cores:g})"
+        )
+    if timing["step_spread"] > quiet.max_step_spread:
+        reasons.append(
+            f"median step {timing['step_spread']:.0%} slower than the fastest "
+            f"(limit {quiet.max_step_spread:.0%})"
+        )
+    return reasons
+
+
+def quiet_throughput(cfg: DictConfig, device: str, **kwargs) -> dict:
+    """`throughput(device=device, **kwargs)` with the quiet-machine check: a noisy timing is taken
+    again up to quiet.retries times; the fastest is kept, flagged in "timing_note" if still noisy.
+    Adds "load_avg_1m", "other_cpu_load", "step_spread" and "timing_note" to the result."""
+    best = None
+    tries = 1 + int(cfg.quiet.retries)
+    for attempt in range(tries):
+        if attempt:
+            kwargs["warmup_steps"] = 0  # the model is warm
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        since = _cpu_seconds()
+        timing = dict(throughput(device=device, **kwargs))
+        timing.update(
+            load_avg_1m=load,
+            other_cpu_load=other_cpu_load(since),
+            step_spread=timing["step_ms"] / timing["step_ms_min"] - 1,
+        )
+        timing["noise"] = noise_of(timing, device, cfg.quiet)
+        if not timing["noise"]:
+            best = timing
+            break
+        if best is None or timing["step_ms"] < best["step_ms"]:
+            best = timing
+        log.info(f"noisy timing ({'; '.join(timing['noise'])}), try {attempt + 1} of {tries}")
+    noise = best.pop("noise")
+    best["timing_note"] = f"noisy in {tries} tries: {'; '.join(noise)}" if noise else ""
+    return best
+
+
+def measure_cell(
+    cfg: DictConfig, cell: dict, row: dict, stage: list[str], limit_mib: float | None = None
+) -> None:
+    """Fill `row` step by step, so a cell stopped half-way keeps what it measured.
+
+    The model is first built on the meta device (no weights): GMACs, predicted memory and a
+    predicted OOM are settled before real weights exist.
+    """
     opts = cell["measure"]
     device, size, precision = cell["device"], cell["img_size"], cell["precision"]
     channels_last = opts["channels_last"]
-    limit_mib = cfg.memory_limit_mib or memory_mib(device)
+    if limit_mib is None:
+        limit_mib = memory_limit(cfg, device)
+    row["memory_limit_mib"] = limit_mib
 
     stage[0] = "build"
     overrides = {"attn": cell["attn"]} if cell["family"] == "vit" else {}
     runs = runs_for_real(cell)
-    if runs:
-        model = create(cell["model"], size, **overrides).to(device)
-    else:  # fake tensors only: no weights, no init time
-        with torch.device("meta"):
-            model = create(cell["model"], size, **overrides)
+    with torch.device("meta"):  # fake tensors only: no weights, no init time
+        model = create(cell["model"], size, **overrides)
     row["param_count"] = sum(p.numel() for p in model.parameters()) / 1e6
     # The first fake forward: a size the model cannot take fails here, as `invalid`.
     batch = largest_batch(model, cell, limit_mib) if cell["batch"] == "auto" else cell["batch"]
@@ -236,6 +372,10 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         raise PredictedOOM(
             f"predicted peak {pred['peak_mib']:.0f} MiB exceeds the {limit_mib:.0f} MiB available"
         )
+    if not runs:
+        return
+    del model
+    model = create(cell["model"], size, **overrides).to(device)
 
     stage[0] = "run"
     if opts["measured_memory"]:
@@ -245,12 +385,13 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         # An inference forward that just ran (measured memory) is a warm-up step already.
         warmed = opts["measured_memory"] and not opts["train"] and not opts["compile"]
         warmup_steps = max(0, opts["warmup_steps"] - 1) if warmed else opts["warmup_steps"]
-        speed = throughput(
-            model,
-            size,
-            batch,
+        speed = quiet_throughput(
+            cfg,
             device,
-            precision,
+            model=model,
+            img_size=size,
+            batch=batch,
+            precision=precision,
             train=opts["train"],
             channels_last=channels_last,
             compile=opts["compile"],
@@ -264,6 +405,8 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         row[f"{prefix}_step_time"] = speed["step_ms"]
         row["step_ms_min"] = speed["step_ms_min"]
         row["threads"] = speed["threads"]
+        for key in ("load_avg_1m", "other_cpu_load", "step_spread", "timing_note"):
+            row[key] = speed[key]
 
 
 @lru_cache
@@ -276,6 +419,27 @@ def _jobs_in_sweep(sweep_dir: str) -> int | None:
     return len(expand_jobs(conf.hydra.sweeper.params or {}, list(conf.hydra.overrides.task)))
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def progress_text(num: int, total: int | None, elapsed_s: float | None) -> str:
+    """`[job 5/96, 91 to go, 2m10s elapsed, about 53m left]` for job index `num` (0-based)."""
+    if total is None:
+        return f"[job {num + 1}]"
+    text = f"[job {num + 1}/{total}, {total - num - 1} to go"
+    if elapsed_s is not None:
+        text += f", {_duration(elapsed_s)} elapsed"
+        if num > 0:  # the jobs before this one took elapsed_s: the rest at the same pace
+            text += f", about {_duration(elapsed_s / num * (total - num))} left"
+    return text + "]"
+
+
 def _progress_prefix() -> str:
     if not HydraConfig.initialized():
         return "[cell]"
@@ -283,14 +447,94 @@ def _progress_prefix() -> str:
     if hc.mode is None or hc.mode.name != "MULTIRUN":
         return "[cell]"
     num = hc.job.num
-    total = _jobs_in_sweep(str(Path(hc.runtime.output_dir).parent))
-    if total is None:
-        return f"[job {num + 1}]"
-    return f"[job {num + 1}/{total}, {total - num - 1} to go]"
+    sweep_dir = Path(hc.runtime.output_dir).parent
+    total = _jobs_in_sweep(str(sweep_dir))
+    try:  # the sweeper writes multirun.yaml as the sweep starts, in any launcher
+        elapsed_s = time.time() - (sweep_dir / "multirun.yaml").stat().st_mtime
+    except OSError:
+        elapsed_s = None
+    return progress_text(num, total, elapsed_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per results folder
+
+
+_held_locks: dict[str, int] = {}  # lock path -> file descriptor, for locks this process holds
+
+
+def lock_path(results_dir: str | Path) -> Path:
+    return Path(results_dir).resolve() / ".sweep.lock"
+
+
+def _try_lock(path: Path) -> int | None:
+    """A descriptor holding an exclusive flock on `path`, or None if another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:  # the holder before us may have removed the file after we opened it: lock the new one
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def results_lock(results_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold `<results_dir>/.sweep.lock` (an flock, freed by the OS if the process dies).
+
+    Re-entrant: jobs of one multirun in one process share the lock, and job processes of a
+    launcher (joblib, submitit) share the one their launching sweep holds ($STUDY_SWEEP_LOCK).
+    Raises LockBusy, naming the holder's pid and host, if another sweep holds it after `wait_s`.
+    """
+    path = lock_path(results_dir)
+    key = str(path)
+    if key in _held_locks or os.environ.get(LOCK_ENV) == key:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while (fd := _try_lock(path)) is None:
+        if time.monotonic() >= deadline:
+            try:
+                holder = path.read_text().strip() or "a process that has not named itself yet"
+            except OSError:
+                holder = "a process that just left"
+            raise LockBusy(
+                f"{results_dir} is being written by another sweep ({holder}; lock file {path}); "
+                "wait for it to finish, set lock_wait_s=SECONDS to wait, or use another "
+                "results_dir="
+            )
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+    _held_locks[key] = fd
+    try:
+        yield
+    finally:
+        del _held_locks[key]
+        path.unlink(missing_ok=True)  # before closing: a waiter then locks a fresh file
+        os.close(fd)
 
 
 def run_cell(cfg: DictConfig) -> dict:
-    """Measure the cell `cfg` describes, unless its row is final already; return its row."""
+    """Measure the cell `cfg` describes, unless its row is final already; return its row.
+
+    ValueError (one line) on a bad value; LockBusy if another sweep writes cfg.results_dir.
+    """
+    complaint = check_cfg(cfg)
+    if complaint is not None:
+        raise ValueError(complaint)
+    with results_lock(cfg.results_dir, float(cfg.lock_wait_s)):
+        return _run_cell(cfg)
+
+
+def _run_cell(cfg: DictConfig) -> dict:
     cell = cell_of(cfg)
     key = config_hash(cell)
     path = row_path(cfg.results_dir, device_tag(cell["device"]), key)
@@ -299,18 +543,28 @@ def run_cell(cfg: DictConfig) -> dict:
         f" {k}={cell[k]}" for k in ("attn", "scan_backend") if cell[k]
     )
     prefix = _progress_prefix()
-    old = json.loads(path.read_text()) if path.exists() else None
-    if is_final(old, cfg):
-        log.info(f"{prefix} {name}: {old['status']} row exists, skipped")
+    old = read_row(path)
+    limit_mib = memory_limit(cfg, cell["device"])
+    if is_final(old, cfg, limit_mib):
+        stale = old.get("code_hash") != code_hash()
+        kept = " (from other code, kept: keep_old_rows=true)" if stale else ""
+        log.info(f"{prefix} {name}: {old['status']} row exists, skipped{kept}")
         return old
-    log.info(f"{prefix} {name}: measuring")
+    why = ""
+    if old is not None:
+        why = " again"
+        if old.get("code_hash") != code_hash():
+            why += " (its row came from other code)"
+        elif old.get("status") in ("oom", "timeout"):
+            why += f" (its {old['status']} row had a lower limit)"
+    log.info(f"{prefix} {name}: measuring{why}")
 
     row = new_row(cfg, cell, key)
     stage = ["build"]
     start = time.perf_counter()
     try:
         with time_limit(cfg.time_budget_s), kernels.use_backend(cell["scan_backend"] or "auto"):
-            measure_cell(cfg, cell, row, stage)
+            measure_cell(cfg, cell, row, stage, limit_mib)
         row["status"] = "ok"
     except Exception as err:  # one cell never ends the sweep; its row says what happened
         row["status"] = status_of(err, stage[0])
@@ -324,6 +578,8 @@ def run_cell(cfg: DictConfig) -> dict:
     write_row(path, row)
     elapsed = time.perf_counter() - start
     detail = f" ({row['error']})" if row["error"] else ""
+    if row.get("timing_note"):
+        detail += f" [{row['timing_note']}]"
     log.info(f"{prefix} {name}: {row['status']} in {elapsed:.1f} s{detail}")
     return row
 
@@ -347,9 +603,53 @@ def expand_jobs(sweeper_params: dict, overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+# key -> (kind, smallest allowed, whether the bound is excluded, whether null is allowed)
+NUMBERS: dict[str, tuple[type, float, bool, bool]] = {
+    "memory_limit_mib": (float, 0, True, True),
+    "time_budget_s": (float, 0, True, False),
+    "lock_wait_s": (float, 0, False, False),
+    "measure.warmup_steps": (int, 0, False, False),
+    "measure.min_steps": (int, 1, False, False),
+    "measure.max_steps": (int, 1, False, False),
+    "measure.timing_budget_s": (float, 0, False, False),
+    "quiet.max_other_cores": (float, 0, False, False),
+    "quiet.max_step_spread": (float, 0, False, False),
+    "quiet.retries": (int, 0, False, False),
+}
+FLAGS = (
+    "keep_old_rows",
+    "measure.measured_memory",
+    "measure.throughput",
+    "measure.train",
+    "measure.channels_last",
+    "measure.compile",
+)
+
+
+def _check_number(key: str, value: str) -> str | None:
+    kind, low, strict, nullable = NUMBERS[key]
+    if nullable and value.lower() in ("null", "none", ""):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or number != number or (number <= low if strict else number < low):
+        bound = f"{'>' if strict else '>='} {low:g}"
+        what = "an integer" if kind is int else "a number"
+        allowed = f"{what} {bound}" + (" or null (what the device has)" if nullable else "")
+        return f"{key} must be {allowed}, got {value!r}"
+    return None
+
+
 def _check_value(key: str, value: str) -> str | None:
     """The one-line complaint about `key=value`, or None if it is fine."""
     from study.models import available
+
+    if key in NUMBERS:
+        return _check_number(key, value)
+    if key in FLAGS and value.lower() not in ("true", "false"):
+        return f"{key} must be true or false, got {value!r}"
 
     if key == "model":
         try:
@@ -372,6 +672,35 @@ def _check_value(key: str, value: str) -> str | None:
         except ValueError as err:
             return str(err)
     return None
+
+
+def _check_values(values: dict[str, str]) -> str | None:
+    """The first complaint about one job's flattened `key: value` settings, or None."""
+    for key, value in values.items():
+        if (complaint := _check_value(key, value)) is not None:
+            return complaint
+    low, high = values.get("measure.min_steps"), values.get("measure.max_steps")
+    if low is not None and high is not None and int(low) > int(high):
+        return f"measure.min_steps ({low}) must not exceed measure.max_steps ({high})"
+    return None
+
+
+def _flat(cfg: DictConfig) -> dict[str, str]:
+    """`{"model": "resnet50", "measure.max_steps": "20", ...}`: all settings but lists, hydra."""
+    out = {}
+    for key, value in cfg.items():
+        if key == "hydra" or isinstance(value, ListConfig):
+            continue
+        if isinstance(value, DictConfig):
+            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            out[str(key)] = "null" if value is None else str(value)
+    return out
+
+
+def check_cfg(cfg: DictConfig) -> str | None:
+    """The first complaint about one composed job config, or None (what run_cell checks)."""
+    return _check_values(_flat(cfg))
 
 
 def check_args(argv: list[str]) -> str | None:
@@ -408,22 +737,65 @@ def check_args(argv: list[str]) -> str | None:
         GlobalHydra.instance().clear()
     params = cfg.hydra.sweeper.params or {}
     sweep_args = [o.input_line for o in parsed if not o.get_key_element().startswith("hydra")]
-    base = {k: str(v) for k, v in cfg.items() if k != "hydra" and not isinstance(v, DictConfig)}
+    base = _flat(cfg)
     for job in expand_jobs(params, sweep_args):
         values = dict(base)
         values.update(line.lstrip("+~").split("=", 1) for line in job)
-        for key, value in values.items():
-            if (complaint := _check_value(key, value)) is not None:
-                return complaint
+        if (complaint := _check_values(values)) is not None:
+            return complaint
     return None
 
 
+def _results_settings(argv: list[str]) -> tuple[str, float]:
+    """(results_dir, lock_wait_s) of the command line, as Hydra will compose them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    plain = [a for a in argv if not a.startswith("-") and a.split("=", 1)[0].lstrip("+~")
+             in ("results_dir", "lock_wait_s", "sweep")]  # fmt: skip
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("sweep", overrides=plain)
+    finally:
+        GlobalHydra.instance().clear()
+    return str(cfg.results_dir), float(cfg.lock_wait_s)
+
+
+def _rows_written_since(results_dir: str, start: float) -> tuple[int, int]:
+    """(rows under results_dir, how many of them were written after `start`)."""
+    paths = list(Path(results_dir).glob("rows/**/*.json"))
+    fresh = 0
+    for path in paths:
+        with suppress(OSError):
+            fresh += path.stat().st_mtime >= start
+    return len(paths), fresh
+
+
 def main() -> None:
-    complaint = check_args(sys.argv[1:])
+    argv = sys.argv[1:]
+    complaint = check_args(argv)
     if complaint is not None:
         print(f"study.sweep: {complaint}", file=sys.stderr)
         sys.exit(2)
-    app()
+    results_dir, wait_s = _results_settings(argv)
+    start = time.time()
+    try:
+        with results_lock(results_dir, wait_s):
+            os.environ[LOCK_ENV] = str(lock_path(results_dir))  # for job processes of launchers
+            app()
+    except LockBusy as err:
+        print(f"study.sweep: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        total, fresh = _rows_written_since(results_dir, start)
+        print(
+            f"study.sweep: interrupted; kept {total} rows under {results_dir}/rows/ ({fresh} "
+            "written by this run, the cell in progress not recorded); run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":
