@@ -275,16 +275,23 @@ def runs_for_real(cell: dict) -> bool:
 
 
 def _cpu_seconds() -> tuple[float, float, float] | None:
-    """(wall s, s all cores spent busy since boot, s this process spent on a core), or None where
-    /proc/stat is missing."""
+    """(wall s, s the cores this process may run on spent busy since boot, s this process spent
+    on a core), or None where /proc/stat is missing."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    busy_ticks = 0
     try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            if cores is not None and int(name[3:]) not in cores:
+                continue
+            fields = [int(v) for v in values]
+            busy_ticks += sum(fields[:8]) - sum(fields[3:5])  # less idle, iowait (guest is in user)
     except (OSError, ValueError):
         return None
-    idle = sum(fields[3:5])  # idle, iowait; guest time is already counted in user
-    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
     own = os.times()
-    return time.monotonic(), busy, own.user + own.system
+    return time.monotonic(), busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
 def other_cpu_load(since: tuple[float, float, float] | None) -> float | None:
@@ -747,9 +754,14 @@ def check_args(argv: list[str]) -> str | None:
 
 
 def _results_settings(argv: list[str]) -> tuple[str, float]:
-    """(results_dir, lock_wait_s) of the command line, as Hydra will compose them."""
+    """(results_dir, lock_wait_s) of the command line, as Hydra will compose them.
+
+    A sweep over results_dir (results_dir=a,b) has no one folder: ("", 0), and each job locks its
+    own folder.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     plain = [a for a in argv if not a.startswith("-") and a.split("=", 1)[0].lstrip("+~")
              in ("results_dir", "lock_wait_s", "sweep")]  # fmt: skip
@@ -757,6 +769,8 @@ def _results_settings(argv: list[str]) -> tuple[str, float]:
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("sweep", overrides=plain)
+    except HydraException:
+        return "", 0.0
     finally:
         GlobalHydra.instance().clear()
     return str(cfg.results_dir), float(cfg.lock_wait_s)
@@ -781,6 +795,9 @@ def main() -> None:
     results_dir, wait_s = _results_settings(argv)
     start = time.time()
     try:
+        if not results_dir:
+            app()
+            return
         with results_lock(results_dir, wait_s):
             os.environ[LOCK_ENV] = str(lock_path(results_dir))  # for job processes of launchers
             app()
