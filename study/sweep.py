@@ -51,7 +51,7 @@ from kernels.selective_scan import resolve_backend
 from study.measure import peak_memory, predict, throughput
 from study.measure.device import device_name, device_tag, memory_mib
 from study.models import create, family_of
-from study.rows import COLUMNS, code_hash, row_path, write_row
+from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 
 log = logging.getLogger("study.sweep")
 
@@ -203,10 +203,12 @@ def read_row(path: Path) -> dict | None:
         return None
     try:
         row = json.loads(path.read_text())
-        if not isinstance(row, dict):
-            raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        if (problem := row_problem(row)) is not None:
+            raise ValueError(problem)
     except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
-        aside = path.with_name(path.name + ".corrupt")
+        aside, n = path.with_name(path.name + ".corrupt"), 1
+        while aside.exists():  # an earlier corrupt copy is kept too
+            aside, n = path.with_name(f"{path.name}.{n}.corrupt"), n + 1
         os.replace(path, aside)
         reason = str(err).splitlines()[0][:200]
         log.warning(f"{path}: unreadable row ({reason}), moved to {aside.name}; measuring again")

@@ -194,6 +194,18 @@ def test_truncated_row_is_moved_aside_and_measured_again(tmp_path, caplog):
     assert len(warnings) == 1 and str(path) in warnings[0] and aside.name in warnings[0]
 
 
+def test_wrong_typed_row_is_moved_aside_and_measured_again(tmp_path, caplog):
+    cfg = cell_config(tmp_path, "model=test_vit", "img_size=64", *PREDICT_ONLY)
+    row = sweep.run_cell(cfg)
+    path = only_row_path(tmp_path)
+    path.write_text(json.dumps({**row, "infer_gmacs": "many", "time": "then"}))
+    with caplog.at_level(logging.WARNING, logger="study.sweep"):
+        again = sweep.run_cell(cfg)
+    assert again["time"] != "then" and isinstance(again["infer_gmacs"], float)
+    assert "infer_gmacs is 'many', not a number" in caplog.text
+    assert path.with_name(path.name + ".corrupt").exists()
+
+
 # --- 3. one writer per results folder; a quiet-machine check ----------------------------------
 
 
