@@ -16,20 +16,18 @@ A failing cell becomes a row with status oom | timeout | invalid | error; the sw
 measure.measured_memory=false and measure.throughput=false only the predictions are made: the
 model is built on the meta device and nothing runs for real.
 
-One sweep writes a results folder at a time (`<results_dir>/.sweep.lock` names its pid and
-host). Every timing is checked for a quiet machine: other processes' CPU use and the spread of
-the timed steps are recorded in the row, and a noisy timing is taken again, then flagged in
-`timing_note`.
+One sweep writes a results folder at a time (study/lock.py: `<results_dir>/.sweep.lock` names its
+pid and host). Every timing is checked for a quiet machine (study/measure/quiet.py): other
+processes' CPU use and the spread of the timed steps are recorded in the row, and a noisy timing
+is taken again, then flagged in `timing_note`.
 """
 
-import fcntl
 import gc
 import hashlib
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,8 +46,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
 from kernels.selective_scan import resolve_backend
-from study.measure import peak_memory, predict, throughput
+from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
+from study.measure import peak_memory, predict
 from study.measure.device import device_name, device_tag, memory_mib
+from study.measure.quiet import quiet_throughput
 from study.models import create, family_of
 from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 
@@ -61,7 +61,6 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")
 ATTNS = ("fused", "naive")
 LIMIT_SLACK = 0.05  # an oom row's limit counts as raised only past this (MemAvailable drifts)
-LOCK_ENV = "STUDY_SWEEP_LOCK"  # the lock file a launching sweep holds for its job processes
 
 
 class CellTimeout(Exception):
@@ -70,10 +69,6 @@ class CellTimeout(Exception):
 
 class PredictedOOM(Exception):
     """The predicted peak memory exceeds what the device has."""
-
-
-class LockBusy(RuntimeError):
-    """Another sweep is writing the same results folder."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,80 +271,6 @@ def runs_for_real(cell: dict) -> bool:
     return cell["measure"]["measured_memory"] or cell["measure"]["throughput"]
 
 
-def _cpu_seconds() -> tuple[float, float, float] | None:
-    """(wall s, s the cores this process may run on spent busy since boot, s this process spent
-    on a core), or None where /proc/stat is missing."""
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    busy_ticks = 0
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            name, *values = line.split()
-            if not name.startswith("cpu") or name == "cpu":
-                continue
-            if cores is not None and int(name[3:]) not in cores:
-                continue
-            fields = [int(v) for v in values]
-            busy_ticks += sum(fields[:8]) - sum(fields[3:5])  # less idle, iowait (guest is in user)
-    except (OSError, ValueError):
-        return None
-    own = os.times()
-    return time.monotonic(), busy_ticks / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def other_cpu_load(since: tuple[float, float, float] | None) -> float | None:
-    """Cores that other processes kept busy since `since` (`_cpu_seconds()`), None if unknown."""
-    now = _cpu_seconds()
-    if since is None or now is None or now[0] <= since[0]:
-        return None
-    other_s = (now[1] - since[1]) - (now[2] - since[2])
-    return max(0.0, other_s / (now[0] - since[0]))
-
-
-def noise_of(timing: dict, device: str, quiet: DictConfig) -> list[str]:
-    """Why a timing is not to be trusted (empty when the machine was quiet)."""
-    reasons = []
-    other = timing["other_cpu_load"]
-    if torch.device(device).type == "cpu" and other is not None and other > quiet.max_other_cores:
-        reasons.append(
-            f"other processes kept {other:.1f} cores busy (limit {quiet.max_other_cores:g})"
-        )
-    if timing["step_spread"] > quiet.max_step_spread:
-        reasons.append(
-            f"median step {timing['step_spread']:.0%} slower than the fastest "
-            f"(limit {quiet.max_step_spread:.0%})"
-        )
-    return reasons
-
-
-def quiet_throughput(cfg: DictConfig, device: str, **kwargs) -> dict:
-    """`throughput(device=device, **kwargs)` with the quiet-machine check: a noisy timing is taken
-    again up to quiet.retries times; the fastest is kept, flagged in "timing_note" if still noisy.
-    Adds "load_avg_1m", "other_cpu_load", "step_spread" and "timing_note" to the result."""
-    best = None
-    tries = 1 + int(cfg.quiet.retries)
-    for attempt in range(tries):
-        if attempt and not kwargs.get("compile"):  # a compiled step is compiled per call
-            kwargs["warmup_steps"] = 0  # the model is warm
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        since = _cpu_seconds()
-        timing = dict(throughput(device=device, **kwargs))
-        timing.update(
-            load_avg_1m=load,
-            other_cpu_load=other_cpu_load(since),
-            step_spread=timing["step_ms"] / timing["step_ms_min"] - 1,
-        )
-        timing["noise"] = noise_of(timing, device, cfg.quiet)
-        if not timing["noise"]:
-            best = timing
-            break
-        if best is None or timing["step_ms"] < best["step_ms"]:
-            best = timing
-        log.info(f"noisy timing ({'; '.join(timing['noise'])}), try {attempt + 1} of {tries}")
-    noise = best.pop("noise")
-    best["timing_note"] = f"noisy in {tries} tries: {'; '.join(noise)}" if noise else ""
-    return best
-
-
 def measure_cell(
     cfg: DictConfig, cell: dict, row: dict, stage: list[str], limit_mib: float | None = None
 ) -> None:
@@ -395,8 +316,10 @@ def measure_cell(
         warmed = opts["measured_memory"] and not opts["train"] and not opts["compile"]
         warmup_steps = max(0, opts["warmup_steps"] - 1) if warmed else opts["warmup_steps"]
         speed = quiet_throughput(
-            cfg,
             device,
+            cfg.quiet.max_other_cores,
+            cfg.quiet.max_step_spread,
+            cfg.quiet.retries,
             model=model,
             img_size=size,
             batch=batch,
@@ -463,72 +386,6 @@ def _progress_prefix() -> str:
     except OSError:
         elapsed_s = None
     return progress_text(num, total, elapsed_s)
-
-
-# ---------------------------------------------------------------------------------------------
-# One writer per results folder
-
-
-_held_locks: dict[str, int] = {}  # lock path -> file descriptor, for locks this process holds
-
-
-def lock_path(results_dir: str | Path) -> Path:
-    return Path(results_dir).resolve() / ".sweep.lock"
-
-
-def _try_lock(path: Path) -> int | None:
-    """A descriptor holding an exclusive flock on `path`, or None if another process holds it."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:  # the holder before us may have removed the file after we opened it: lock the new one
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-@contextmanager
-def results_lock(results_dir: str | Path, wait_s: float = 0.0) -> Iterator[None]:
-    """Hold `<results_dir>/.sweep.lock` (an flock, freed by the OS if the process dies).
-
-    Re-entrant: jobs of one multirun in one process share the lock, and job processes of a
-    launcher (joblib, submitit) share the one their launching sweep holds ($STUDY_SWEEP_LOCK).
-    Raises LockBusy, naming the holder's pid and host, if another sweep holds it after `wait_s`.
-    """
-    path = lock_path(results_dir)
-    key = str(path)
-    if key in _held_locks or os.environ.get(LOCK_ENV) == key:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    while (fd := _try_lock(path)) is None:
-        if time.monotonic() >= deadline:
-            try:
-                holder = path.read_text().strip() or "a process that has not named itself yet"
-            except OSError:
-                holder = "a process that just left"
-            raise LockBusy(
-                f"{results_dir} is being written by another sweep ({holder}; lock file {path}); "
-                "wait for it to finish, set lock_wait_s=SECONDS to wait, or use another "
-                "results_dir="
-            )
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
-    _held_locks[key] = fd
-    try:
-        yield
-    finally:
-        del _held_locks[key]
-        path.unlink(missing_ok=True)  # before closing: a waiter then locks a fresh file
-        os.close(fd)
 
 
 def run_cell(cfg: DictConfig) -> dict:

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from study import lock, sweep
 from study import rows as rows_module
-from study import sweep
+from study.measure import quiet
 from study.rows import code_files, code_hash, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,7 +211,7 @@ def test_wrong_typed_row_is_moved_aside_and_measured_again(tmp_path, caplog):
 
 
 def test_second_sweep_exits_naming_the_holder(tmp_path):
-    with sweep.results_lock(tmp_path):
+    with lock.results_lock(tmp_path):
         holder = (tmp_path / ".sweep.lock").read_text()
         assert f"pid {os.getpid()} on host " in holder
         proc = run_sweep(tmp_path, "sweep=smoke")
@@ -250,9 +251,9 @@ def test_other_cpu_load_sees_a_busy_process():
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.5)
-        since = sweep._cpu_seconds()
+        since = quiet._cpu_seconds()
         time.sleep(1.0)
-        load = sweep.other_cpu_load(since)
+        load = quiet.other_cpu_load(since)
     finally:
         busy.kill()
         busy.wait()
@@ -271,8 +272,8 @@ def _fake_timings(step_ms: list[tuple[float, float]], calls: list):
 
 def test_noisy_timing_is_retried_then_flagged(tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(sweep, "throughput", _fake_timings([(30.0, 10.0), (20.0, 10.0)], calls))
-    monkeypatch.setattr(sweep, "other_cpu_load", lambda since: 0.0)
+    monkeypatch.setattr(quiet, "throughput", _fake_timings([(30.0, 10.0), (20.0, 10.0)], calls))
+    monkeypatch.setattr(quiet, "other_cpu_load", lambda since: 0.0)
     row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=64"))
     assert len(calls) == 2 and calls[1] == 0  # retried once, without a second warm-up
     assert row["status"] == "ok" and row["infer_step_time"] == 20.0  # the faster try is kept
@@ -284,12 +285,12 @@ def test_noisy_timing_is_retried_then_flagged(tmp_path, monkeypatch):
 def test_competing_load_is_flagged_and_a_quiet_retry_is_clean(tmp_path, monkeypatch):
     calls: list = []
     loads = iter([1.7, 0.1])
-    monkeypatch.setattr(sweep, "throughput", _fake_timings([(10.0, 9.5)], calls))
-    monkeypatch.setattr(sweep, "other_cpu_load", lambda since: next(loads))
+    monkeypatch.setattr(quiet, "throughput", _fake_timings([(10.0, 9.5)], calls))
+    monkeypatch.setattr(quiet, "other_cpu_load", lambda since: next(loads))
     row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=64"))
     assert len(calls) == 2 and row["timing_note"] == "" and row["other_cpu_load"] == 0.1
     calls.clear()
-    monkeypatch.setattr(sweep, "other_cpu_load", lambda since: 1.7)
+    monkeypatch.setattr(quiet, "other_cpu_load", lambda since: 1.7)
     row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=96",
                                      "quiet.retries=2"))  # fmt: skip
     assert len(calls) == 3
