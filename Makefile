@@ -48,8 +48,8 @@ predict: $(STAMP) ## GMACs and predicted memory of the default grid and naive sc
 report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and plots
 	$(PY) -m study.report results
 
-erf: $(STAMP) ## effective receptive fields of the default models into results/erf/
-	$(PY) -m study.erf
+erf: $(STAMP) ## effective receptive fields of the default models into results/erf/ (the committed ones)
+	$(PY) -m study.erf out_dir=results/erf
 
 bench: $(STAMP) ## time every selective-scan backend on this device; writes results/kernels_<device>.csv
 	$(PY) -m kernels.bench

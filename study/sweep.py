@@ -8,24 +8,32 @@ preset (`sweep=default`, conf/sweep/) is a multirun over such cells; any launche
     -> [oom if the prediction exceeds the device] -> measured memory -> throughput
 
 under a per-cell time budget, and writes its row atomically to
-`<results_dir>/rows/<device tag>/<config hash>.json`. A cell whose row is already `ok` (or a
-final `oom`, `invalid`, or `timeout` within the same budget) is skipped, so a re-run after Ctrl-C
-or a lost node redoes nothing. A failing cell becomes a row with status oom | timeout | invalid |
-error; the sweep goes on. With measure.measured_memory=false and measure.throughput=false only
-the predictions are made: the model is built on the meta device and nothing runs for real.
+`<results_dir>/rows/<device tag>/<config hash>.json`. A cell whose row is final is skipped, so a
+re-run after Ctrl-C or a lost node redoes nothing. A row is final when it came from the same code
+(`code_hash`; keep_old_rows=true keeps rows of other code) and is `ok` or `invalid`, an `oom`
+under a memory limit no lower than today's, or a `timeout` under a budget no lower than today's.
+A failing cell becomes a row with status oom | timeout | invalid | error; the sweep goes on. With
+measure.measured_memory=false and measure.throughput=false only the predictions are made: the
+model is built on the meta device and nothing runs for real.
+
+One sweep writes a results folder at a time (study/lock.py: `<results_dir>/.sweep.lock` names its
+pid and host). Every timing is checked for a quiet machine (study/measure/quiet.py): other
+processes' CPU use and the spread of the timed steps are recorded in the row, and a noisy timing
+is taken again, then flagged in `timing_note`.
 """
 
 import gc
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -34,14 +42,16 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
 from kernels.selective_scan import resolve_backend
-from study.measure import peak_memory, predict, throughput
+from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
+from study.measure import peak_memory, predict
 from study.measure.device import device_name, device_tag, memory_mib
+from study.measure.quiet import quiet_throughput
 from study.models import OPTIONS, ablation, create, family_of, options_of
-from study.rows import COLUMNS, row_path, write_row
+from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 
 log = logging.getLogger("study.sweep")
 
@@ -51,6 +61,7 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")
 ATTNS = ("fused", "naive")
 WINDOWS = ("fixed", "scaled")
+LIMIT_SLACK = 0.05  # an oom row's limit counts as raised only past this (MemAvailable drifts)
 
 
 class CellTimeout(Exception):
@@ -147,6 +158,9 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
         triton_version=_version("triton"),
         timm_version=_version("timm"),
         git_commit=git_commit(),
+        code_hash=code_hash(),
+        time_budget_s=float(cfg.time_budget_s),
+        timing_note="",
         config_hash=key,
     )
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -155,13 +169,60 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
     return row
 
 
-def is_final(row: dict | None, cfg: DictConfig) -> bool:
-    """Whether an existing row settles its cell: a re-run measures it again only if not."""
+def memory_limit(cfg: DictConfig, device: str) -> float:
+    """The memory (MiB) a cell may use: memory_limit_mib, else what the device has now."""
+    if cfg.memory_limit_mib is None:
+        return memory_mib(device)
+    return float(cfg.memory_limit_mib)
+
+
+def _oom_is_final(row: dict, limit_mib: float) -> bool:
+    """An oom row stands unless the limit it hit has been raised."""
+    predicted = row.get("predicted_peak_mib")
+    if str(row.get("error", "")).startswith("PredictedOOM") and predicted is not None:
+        return limit_mib < predicted  # the prediction is exact: redo as soon as it fits
+    old = row.get("memory_limit_mib", row.get("config", {}).get("memory_limit_mib"))
+    if old is None:  # rows from before limits were recorded
+        return True
+    return limit_mib <= old * (1 + LIMIT_SLACK)
+
+
+def is_final(row: dict | None, cfg: DictConfig, limit_mib: float | None = None) -> bool:
+    """Whether an existing row settles its cell: a re-run measures it again only if not.
+
+    `limit_mib`: today's memory limit (default `memory_limit(cfg, ...)` for the row's device).
+    """
     if row is None or row.get("status") in cfg.redo:
         return False
+    if row.get("code_hash") != code_hash() and not cfg.keep_old_rows:
+        return False
     if row.get("status") == "timeout":  # a bigger budget deserves another try
-        return row.get("config", {}).get("time_budget_s", 0) >= cfg.time_budget_s
+        budget = row.get("time_budget_s", row.get("config", {}).get("time_budget_s", 0))
+        return budget >= cfg.time_budget_s
+    if row.get("status") == "oom":
+        if limit_mib is None:
+            limit_mib = memory_limit(cfg, row.get("device") or cfg.device)
+        return _oom_is_final(row, limit_mib)
     return True
+
+
+def read_row(path: Path) -> dict | None:
+    """The row at `path`, or None if there is none; an unreadable one is moved aside, said once."""
+    if not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+        if (problem := row_problem(row)) is not None:
+            raise ValueError(problem)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        aside, n = path.with_name(path.name + ".corrupt"), 1
+        while aside.exists():  # an earlier corrupt copy is kept too
+            aside, n = path.with_name(f"{path.name}.{n}.corrupt"), n + 1
+        os.replace(path, aside)
+        reason = str(err).splitlines()[0][:200]
+        log.warning(f"{path}: unreadable row ({reason}), moved to {aside.name}; measuring again")
+        return None
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +285,20 @@ def runs_for_real(cell: dict) -> bool:
     return cell["measure"]["measured_memory"] or cell["measure"]["throughput"]
 
 
-def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> None:
-    """Fill `row` step by step, so a cell stopped half-way keeps what it measured."""
+def measure_cell(
+    cfg: DictConfig, cell: dict, row: dict, stage: list[str], limit_mib: float | None = None
+) -> None:
+    """Fill `row` step by step, so a cell stopped half-way keeps what it measured.
+
+    The model is first built on the meta device (no weights): GMACs, predicted memory and a
+    predicted OOM are settled before real weights exist.
+    """
     opts = cell["measure"]
     device, size, precision = cell["device"], cell["img_size"], cell["precision"]
     channels_last = opts["channels_last"]
-    limit_mib = cfg.memory_limit_mib or memory_mib(device)
+    if limit_mib is None:
+        limit_mib = memory_limit(cfg, device)
+    row["memory_limit_mib"] = limit_mib
 
     stage[0] = "build"
     overrides = {"attn": cell["attn"]} if cell["family"] == "vit" else {}
@@ -237,11 +306,8 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         overrides = {"window": cell["window"]}
     overrides.update(ablation(cell["model"], cell["options"] or "default") or {})
     runs = runs_for_real(cell)
-    if runs:
-        model = create(cell["model"], size, **overrides).to(device)
-    else:  # fake tensors only: no weights, no init time
-        with torch.device("meta"):
-            model = create(cell["model"], size, **overrides)
+    with torch.device("meta"):  # fake tensors only: no weights, no init time
+        model = create(cell["model"], size, **overrides)
     row["param_count"] = sum(p.numel() for p in model.parameters()) / 1e6
     # The first fake forward: a size the model cannot take fails here, as `invalid`.
     batch = largest_batch(model, cell, limit_mib) if cell["batch"] == "auto" else cell["batch"]
@@ -253,6 +319,10 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         raise PredictedOOM(
             f"predicted peak {pred['peak_mib']:.0f} MiB exceeds the {limit_mib:.0f} MiB available"
         )
+    if not runs:
+        return
+    del model
+    model = create(cell["model"], size, **overrides).to(device)
 
     stage[0] = "run"
     if opts["measured_memory"]:
@@ -262,12 +332,15 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         # An inference forward that just ran (measured memory) is a warm-up step already.
         warmed = opts["measured_memory"] and not opts["train"] and not opts["compile"]
         warmup_steps = max(0, opts["warmup_steps"] - 1) if warmed else opts["warmup_steps"]
-        speed = throughput(
-            model,
-            size,
-            batch,
+        speed = quiet_throughput(
             device,
-            precision,
+            cfg.quiet.max_other_cores,
+            cfg.quiet.max_step_spread,
+            cfg.quiet.retries,
+            model=model,
+            img_size=size,
+            batch=batch,
+            precision=precision,
             train=opts["train"],
             channels_last=channels_last,
             compile=opts["compile"],
@@ -281,6 +354,8 @@ def measure_cell(cfg: DictConfig, cell: dict, row: dict, stage: list[str]) -> No
         row[f"{prefix}_step_time"] = speed["step_ms"]
         row["step_ms_min"] = speed["step_ms_min"]
         row["threads"] = speed["threads"]
+        for key in ("load_avg_1m", "other_cpu_load", "step_spread", "timing_note"):
+            row[key] = speed[key]
 
 
 @lru_cache
@@ -293,6 +368,27 @@ def _jobs_in_sweep(sweep_dir: str) -> int | None:
     return len(expand_jobs(conf.hydra.sweeper.params or {}, list(conf.hydra.overrides.task)))
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def progress_text(num: int, total: int | None, elapsed_s: float | None) -> str:
+    """`[job 5/96, 91 to go, 2m10s elapsed, about 53m left]` for job index `num` (0-based)."""
+    if total is None:
+        return f"[job {num + 1}]"
+    text = f"[job {num + 1}/{total}, {total - num - 1} to go"
+    if elapsed_s is not None:
+        text += f", {_duration(elapsed_s)} elapsed"
+        if num > 0:  # the jobs before this one took elapsed_s: the rest at the same pace
+            text += f", about {_duration(elapsed_s / num * (total - num))} left"
+    return text + "]"
+
+
 def _progress_prefix() -> str:
     if not HydraConfig.initialized():
         return "[cell]"
@@ -300,14 +396,28 @@ def _progress_prefix() -> str:
     if hc.mode is None or hc.mode.name != "MULTIRUN":
         return "[cell]"
     num = hc.job.num
-    total = _jobs_in_sweep(str(Path(hc.runtime.output_dir).parent))
-    if total is None:
-        return f"[job {num + 1}]"
-    return f"[job {num + 1}/{total}, {total - num - 1} to go]"
+    sweep_dir = Path(hc.runtime.output_dir).parent
+    total = _jobs_in_sweep(str(sweep_dir))
+    try:  # the sweeper writes multirun.yaml as the sweep starts, in any launcher
+        elapsed_s = time.time() - (sweep_dir / "multirun.yaml").stat().st_mtime
+    except OSError:
+        elapsed_s = None
+    return progress_text(num, total, elapsed_s)
 
 
 def run_cell(cfg: DictConfig) -> dict:
-    """Measure the cell `cfg` describes, unless its row is final already; return its row."""
+    """Measure the cell `cfg` describes, unless its row is final already; return its row.
+
+    ValueError (one line) on a bad value; LockBusy if another sweep writes cfg.results_dir.
+    """
+    complaint = check_cfg(cfg)
+    if complaint is not None:
+        raise ValueError(complaint)
+    with results_lock(cfg.results_dir, float(cfg.lock_wait_s)):
+        return _run_cell(cfg)
+
+
+def _run_cell(cfg: DictConfig) -> dict:
     cell = cell_of(cfg)
     key = config_hash(cell)
     path = row_path(cfg.results_dir, device_tag(cell["device"]), key)
@@ -318,18 +428,28 @@ def run_cell(cfg: DictConfig) -> dict:
         if cell.get(k) not in (None, "", "default")
     )
     prefix = _progress_prefix()
-    old = json.loads(path.read_text()) if path.exists() else None
-    if is_final(old, cfg):
-        log.info(f"{prefix} {name}: {old['status']} row exists, skipped")
+    old = read_row(path)
+    limit_mib = memory_limit(cfg, cell["device"])
+    if is_final(old, cfg, limit_mib):
+        stale = old.get("code_hash") != code_hash()
+        kept = " (from other code, kept: keep_old_rows=true)" if stale else ""
+        log.info(f"{prefix} {name}: {old['status']} row exists, skipped{kept}")
         return old
-    log.info(f"{prefix} {name}: measuring")
+    why = ""
+    if old is not None:
+        why = " again"
+        if old.get("code_hash") != code_hash():
+            why += " (its row came from other code)"
+        elif old.get("status") in ("oom", "timeout"):
+            why += f" (its {old['status']} row had a lower limit)"
+    log.info(f"{prefix} {name}: measuring{why}")
 
     row = new_row(cfg, cell, key)
     stage = ["build"]
     start = time.perf_counter()
     try:
         with time_limit(cfg.time_budget_s), kernels.use_backend(cell["scan_backend"] or "auto"):
-            measure_cell(cfg, cell, row, stage)
+            measure_cell(cfg, cell, row, stage, limit_mib)
         row["status"] = "ok"
     except Exception as err:  # one cell never ends the sweep; its row says what happened
         row["status"] = status_of(err, stage[0])
@@ -343,6 +463,8 @@ def run_cell(cfg: DictConfig) -> dict:
     write_row(path, row)
     elapsed = time.perf_counter() - start
     detail = f" ({row['error']})" if row["error"] else ""
+    if row.get("timing_note"):
+        detail += f" [{row['timing_note']}]"
     log.info(f"{prefix} {name}: {row['status']} in {elapsed:.1f} s{detail}")
     return row
 
@@ -366,9 +488,53 @@ def expand_jobs(sweeper_params: dict, overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+# key -> (kind, smallest allowed, whether the bound is excluded, whether null is allowed)
+NUMBERS: dict[str, tuple[type, float, bool, bool]] = {
+    "memory_limit_mib": (float, 0, True, True),
+    "time_budget_s": (float, 0, True, False),
+    "lock_wait_s": (float, 0, False, False),
+    "measure.warmup_steps": (int, 0, False, False),
+    "measure.min_steps": (int, 1, False, False),
+    "measure.max_steps": (int, 1, False, False),
+    "measure.timing_budget_s": (float, 0, False, False),
+    "quiet.max_other_cores": (float, 0, False, False),
+    "quiet.max_step_spread": (float, 0, False, False),
+    "quiet.retries": (int, 0, False, False),
+}
+FLAGS = (
+    "keep_old_rows",
+    "measure.measured_memory",
+    "measure.throughput",
+    "measure.train",
+    "measure.channels_last",
+    "measure.compile",
+)
+
+
+def _check_number(key: str, value: str) -> str | None:
+    kind, low, strict, nullable = NUMBERS[key]
+    if nullable and value.lower() in ("null", "none", ""):
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or number != number or (number <= low if strict else number < low):
+        bound = f"{'>' if strict else '>='} {low:g}"
+        what = "an integer" if kind is int else "a number"
+        allowed = f"{what} {bound}" + (" or null (what the device has)" if nullable else "")
+        return f"{key} must be {allowed}, got {value!r}"
+    return None
+
+
 def _check_value(key: str, value: str) -> str | None:
     """The one-line complaint about `key=value`, or None if it is fine."""
     from study.models import available
+
+    if key in NUMBERS:
+        return _check_number(key, value)
+    if key in FLAGS and value.lower() not in ("true", "false"):
+        return f"{key} must be true or false, got {value!r}"
 
     if key == "model":
         try:
@@ -394,6 +560,35 @@ def _check_value(key: str, value: str) -> str | None:
         except ValueError as err:
             return str(err)
     return None
+
+
+def _check_values(values: dict[str, str]) -> str | None:
+    """The first complaint about one job's flattened `key: value` settings, or None."""
+    for key, value in values.items():
+        if (complaint := _check_value(key, value)) is not None:
+            return complaint
+    low, high = values.get("measure.min_steps"), values.get("measure.max_steps")
+    if low is not None and high is not None and int(low) > int(high):
+        return f"measure.min_steps ({low}) must not exceed measure.max_steps ({high})"
+    return None
+
+
+def _flat(cfg: DictConfig) -> dict[str, str]:
+    """`{"model": "resnet50", "measure.max_steps": "20", ...}`: all settings but lists, hydra."""
+    out = {}
+    for key, value in cfg.items():
+        if key == "hydra" or isinstance(value, ListConfig):
+            continue
+        if isinstance(value, DictConfig):
+            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            out[str(key)] = "null" if value is None else str(value)
+    return out
+
+
+def check_cfg(cfg: DictConfig) -> str | None:
+    """The first complaint about one composed job config, or None (what run_cell checks)."""
+    return _check_values(_flat(cfg))
 
 
 def check_args(argv: list[str]) -> str | None:
@@ -430,22 +625,75 @@ def check_args(argv: list[str]) -> str | None:
         GlobalHydra.instance().clear()
     params = cfg.hydra.sweeper.params or {}
     sweep_args = [o.input_line for o in parsed if not o.get_key_element().startswith("hydra")]
-    base = {k: str(v) for k, v in cfg.items() if k != "hydra" and not isinstance(v, DictConfig)}
+    base = _flat(cfg)
     for job in expand_jobs(params, sweep_args):
         values = dict(base)
         values.update(line.lstrip("+~").split("=", 1) for line in job)
-        for key, value in values.items():
-            if (complaint := _check_value(key, value)) is not None:
-                return complaint
+        if (complaint := _check_values(values)) is not None:
+            return complaint
     return None
 
 
+def _results_settings(argv: list[str]) -> tuple[str, float]:
+    """(results_dir, lock_wait_s) of the command line, as Hydra will compose them.
+
+    A sweep over results_dir (results_dir=a,b) has no one folder: ("", 0), and each job locks its
+    own folder.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    plain = [a for a in argv if not a.startswith("-") and a.split("=", 1)[0].lstrip("+~")
+             in ("results_dir", "lock_wait_s", "sweep")]  # fmt: skip
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("sweep", overrides=plain)
+    except HydraException:
+        return "", 0.0
+    finally:
+        GlobalHydra.instance().clear()
+    return str(cfg.results_dir), float(cfg.lock_wait_s)
+
+
+def _rows_written_since(results_dir: str, start: float) -> tuple[int, int]:
+    """(rows under results_dir, how many of them were written after `start`)."""
+    paths = list(Path(results_dir).glob("rows/**/*.json"))
+    fresh = 0
+    for path in paths:
+        with suppress(OSError):
+            fresh += path.stat().st_mtime >= start
+    return len(paths), fresh
+
+
 def main() -> None:
-    complaint = check_args(sys.argv[1:])
+    argv = sys.argv[1:]
+    complaint = check_args(argv)
     if complaint is not None:
         print(f"study.sweep: {complaint}", file=sys.stderr)
         sys.exit(2)
-    app()
+    results_dir, wait_s = _results_settings(argv)
+    start = time.time()
+    try:
+        if not results_dir:
+            app()
+            return
+        with results_lock(results_dir, wait_s):
+            os.environ[LOCK_ENV] = str(lock_path(results_dir))  # for job processes of launchers
+            app()
+    except LockBusy as err:
+        print(f"study.sweep: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        total, fresh = _rows_written_since(results_dir, start)
+        print(
+            f"study.sweep: interrupted; kept {total} rows under {results_dir}/rows/ ({fresh} "
+            "written by this run, the cell in progress not recorded); run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import csv
 import logging
 import math
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -323,7 +325,13 @@ def test_run_over_two_models_writes_every_file(tmp_path: Path):
     )
     rows = run(cfg)
     out = tmp_path / "out"
-    expected = ["erf.csv", "erf_config.yaml", "erf_grid_log10.png", "erf_grid_pow025.png"]
+    expected = [
+        "erf.csv",
+        "erf.log",
+        "erf_config.yaml",
+        "erf_grid_log10.png",
+        "erf_grid_pow025.png",
+    ]
     for stem in ("test_vit_init", "test_resnet_init", "test_resnet_trained"):
         expected += [f"erf_{stem}.npy", f"erf_{stem}.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
@@ -408,3 +416,137 @@ def test_cli_comma_list_and_error_line(tmp_path: Path):
     assert len(lines) == 1 and lines[0].startswith(
         "study.erf: error: unknown model 'no_such_model'"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 16: one run per folder (atomic), the default folder, bad input up front, progress, Ctrl-C
+# ------------------------------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_interrupted_run_leaves_the_previous_run_whole(tmp_path: Path, monkeypatch):
+    out = tmp_path / "out"
+    run(_compose(model="test_resnet", img_size=32, n_images=1, out_dir=str(out)))
+    before = _snapshot(out)
+    calls = []
+
+    def interrupted(model, images, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return erf_map(model, images, *args)
+
+    monkeypatch.setattr("study.erf.run.erf_map", interrupted)
+    cfg = _compose(model="[test_resnet,test_vit]", img_size=64, n_images=1, out_dir=str(out))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    assert _snapshot(out) == before  # no 64 px map beside the 32 px csv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no run folder left behind
+
+
+def test_a_finished_run_replaces_the_previous_one(tmp_path: Path):
+    out = tmp_path / "out"
+    run(_compose(model="test_resnet", img_size=32, n_images=1, out_dir=str(out)))
+    run(_compose(model="test_vit", img_size=32, n_images=1, out_dir=str(out)))
+    names = {p.name for p in out.iterdir()}
+    assert "erf_test_vit_init.npy" in names and "erf_test_resnet_init.npy" not in names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert "test_vit random init" in (out / "erf.log").read_text()
+
+
+def test_out_dir_with_other_files_is_refused_and_kept(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine")
+    cfg = _compose(model="test_resnet", img_size=32, n_images=1, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="holds files that are not ERF outputs \\(notes.txt\\)"):
+        run(cfg)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_default_out_dir_is_not_the_committed_one():
+    cfg = _compose()
+    assert not str(cfg.out_dir).startswith("results"), cfg.out_dir
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m study.erf out_dir=results/erf" in makefile  # make erf writes it on purpose
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"images": "/no/such/folder"}, "images=/no/such/folder is not a folder"),
+        ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
+        ({"n_images": 0}, "n_images must be an integer >= 1, got 0"),
+        ({"img_size": "abc"}, "img_size must be an integer >= 32, got 'abc'"),
+        ({"pretrained": "maybe"}, "pretrained must be true or false, got 'maybe'"),
+        ({"ckpt": "/no/such.pth"}, "ckpt=/no/such.pth is not a file"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(tmp_path: Path, monkeypatch, overrides, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr("study.erf.run.create", no_work)
+    cfg = _compose(**{"model": "test_vit", "out_dir": str(tmp_path / "out"), **overrides})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_images_folder_is_one_line_exit_2(tmp_path: Path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.erf",
+            "model=test_vit",
+            f"images={tmp_path / 'none'}",
+            f"out_dir={tmp_path / 'out'}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a folder" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_progress_bars_show_maps_and_images(tmp_path: Path, capsys):
+    run(_compose(model="test_resnet", img_size=32, n_images=2, out_dir=str(tmp_path / "o")))
+    err = capsys.readouterr().err
+    assert "ERF maps: 100%" in err and "1/1" in err
+    assert "test_resnet random init" in err and "2/2" in err and "img/s" in err
+
+
+def test_cli_ctrl_c_is_one_line_and_keeps_nothing(tmp_path: Path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "study.erf",
+            "model=resnet50,deit_small_patch16_224",
+            "img_size=224",
+            "n_images=8",
+            f"out_dir={out}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.run-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"study.erf: interrupted; {out} is as it was before this run")
+    assert list(tmp_path.iterdir()) == []

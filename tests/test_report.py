@@ -252,7 +252,6 @@ def test_odd_rows_do_not_break_the_report(tmp_path: Path) -> None:
             "device": "cuda",
             "device_name": "GPU X",
             "precision": "float32",
-            "infer_gmacs": "bad",
         },
         {"model": "no_size", "status": "ok"},  # no size: dropped
     ]
@@ -270,6 +269,7 @@ def test_odd_rows_do_not_break_the_report(tmp_path: Path) -> None:
         {**auto, "infer_img_size": 1024, "infer_batch_size": 32, "infer_step_time": 256.0},
         {**auto, "infer_img_size": 1248, "infer_batch_size": None, "status": "oom"},
         {**auto, "infer_img_size": 512, "config": {"batch": 8, "measure": {"train": True}}},
+        {**auto, "infer_img_size": 768, "infer_gmacs": "bad"},  # wrong type: refused
     ]
     for i, row in enumerate(odd):
         write_row(row_path(tmp_path, "odd", f"h{i}"), row)
@@ -277,7 +277,72 @@ def test_odd_rows_do_not_break_the_report(tmp_path: Path) -> None:
     assert "| skipped |" in text and "| OOM |" in text and "## GPU X · float32 · batch 1\n" in text
     assert "## GPU X · float32 · batch auto\n" in text
     assert "## GPU X · float32 · batch 8 · training step\n" in text
+    # wrong-typed and size-less rows are refused and named, not shown or dropped silently
+    assert "- `rows/odd/h8.json`: infer_gmacs is 'bad', not a number" in text
+    assert "- `rows/odd/h3.json`: no infer_img_size" in text
     table = pd.read_csv(tmp_path / "results.csv")
     assert len(table) == 7
     auto_ms = table[table["batch_setting"] == "auto"].set_index("infer_img_size")["ms_per_img"]
     assert auto_ms[512] == 2.0 and auto_ms[1024] == 8.0
+
+
+# --- issue 16: skipped files named, wrong types refused, noisy timings flagged, bad CLI input ---
+
+
+def test_report_names_every_file_it_skips(tmp_path: Path) -> None:
+    good = fixture_rows()[0]
+    write_row(row_path(tmp_path, "cpu", "good"), good)
+    write_row(row_path(tmp_path, "cpu", "typed"), {**good, "infer_samples_per_sec": "fast"})
+    write_row(row_path(tmp_path, "cpu", "status"), {**good, "status": 3, "infer_img_size": 384})
+    (tmp_path / "rows" / "cpu" / "cut.json").write_text('{"model": "resnet50", "infer_')
+    (tmp_path / "rows" / "cpu" / "aside.json.corrupt").write_text("{")
+    skipped: list = []
+    text = build_report(tmp_path, skipped=skipped).read_text()
+    assert sorted(p.name for p, _ in skipped) == [
+        "aside.json.corrupt",
+        "cut.json",
+        "status.json",
+        "typed.json",
+    ]
+    assert "## Skipped files" in text
+    assert "- `rows/cpu/typed.json`: infer_samples_per_sec is 'fast', not a number" in text
+    assert "- `rows/cpu/status.json`: status is 3, not text" in text
+    assert "- `rows/cpu/cut.json`: unreadable (JSONDecodeError: " in text
+    assert "- `rows/cpu/aside.json.corrupt`: set aside by the sweep as unreadable" in text
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert len(table) == 1
+    assert table["infer_samples_per_sec"].iloc[0] == good["infer_samples_per_sec"]
+
+
+def test_noisy_timings_are_flagged_in_the_report(tmp_path: Path) -> None:
+    row = fixture_rows()[0]
+    note = "noisy in 2 tries: other processes kept 1.6 cores busy (limit 0.5)"
+    write_row(row_path(tmp_path, "cpu", "a"), {**row, "timing_note": note, "step_spread": 0.1})
+    text = build_report(tmp_path).read_text()
+    assert "## Noisy timings" in text and note in text
+    assert pd.read_csv(tmp_path / "results.csv")["timing_note"].iloc[0] == note
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["NOPE"], "no results folder"),
+        (["RESULTS", "--accuracy-size", "0"], "must be a positive integer (pixels), got '0'"),
+        (["RESULTS", "--accuracy-size", "abc"], "must be a positive integer (pixels), got 'abc'"),
+    ],
+)
+def test_report_cli_refuses_bad_input_with_one_line(tmp_path: Path, args, complaint) -> None:
+    (tmp_path / "results").mkdir()
+    paths = {"NOPE": str(tmp_path / "no" / "such"), "RESULTS": str(tmp_path / "results")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study.report", *(paths.get(a, a) for a in args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and complaint in lines[0], proc.stderr
+    assert not (tmp_path / "no").exists()  # nothing created
+    assert not (tmp_path / "results" / "REPORT.md").exists()  # no work done

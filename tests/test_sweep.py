@@ -204,4 +204,4 @@ def test_killed_sweep_resumes_without_redoing_cells(tmp_path):
     assert len(after) == 4
     assert all(after[key] == when for key, when in before.items())  # done cells were not redone
     assert out.count("row exists, skipped") == len(before)
-    assert "[job 4/4, 0 to go]" in out
+    assert "[job 4/4, 0 to go, " in out and " elapsed, about " in out

@@ -73,7 +73,9 @@ def _build() -> ctypes.CDLL:
     cache = Path(os.environ.get("KERNELS_CACHE_DIR", Path.home() / ".cache/vision-scaling-kernels"))
     cache.mkdir(parents=True, exist_ok=True)
     so = cache / f"selective_scan_{key[:16]}.so"
-    if not so.exists():
+    if not so.exists():  # once per machine and source: say so, it takes about half a minute
+        print(f"kernels: compiling the CPU selective scan into {so} (once, about 30 s)",
+              file=sys.stderr, flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             src, obj, out = Path(tmp) / "scan.c", Path(tmp) / "scan.o", Path(tmp) / "scan.so"
             src.write_text(source)

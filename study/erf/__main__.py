@@ -23,6 +23,13 @@ def app(cfg: DictConfig) -> None:
     except (ValueError, OSError) as err:  # bad input: one line, no traceback
         print(f"study.erf: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(
+            f"study.erf: interrupted; {cfg.out_dir} is as it was before this run (nothing of the "
+            "run was kept); run the same command again to compute it",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 def main() -> None:

@@ -257,18 +257,49 @@ def _errors(frame: pd.DataFrame) -> list[str]:
     return ["## Cells that did not measure", "", md_table(shown, index=False)]
 
 
+def _noisy(frame: pd.DataFrame) -> list[str]:
+    """The cells whose timing the sweep flagged as taken on a busy machine (`timing_note`)."""
+    noisy = frame[frame["timing_note"] != ""]
+    if noisy.empty:
+        return []
+    lines = [
+        "## Noisy timings",
+        "",
+        "These timings were taken while other processes used the cores or the timed steps were "
+        "spread out, and stayed so after a retry: their throughput is less trustworthy.",
+        "",
+    ]
+    table = noisy[["device_name", "variant", "infer_img_size", "timing_note"]]
+    return lines + [md_table(table, index=False)]
+
+
+def _skipped(skipped: list[tuple[Path, str]], results_dir: Path) -> list[str]:
+    if not skipped:
+        return []
+    lines = ["## Skipped files", "", "Row files the report could not use:", ""]
+    for path, why in skipped:
+        lines.append(f"- `{path.relative_to(results_dir).as_posix()}`: {why}")
+    return lines + [""]
+
+
 def build_report(
     results_dir: str | Path = "results",
     baseline: str = DEFAULT_BASELINE,
     accuracy_size: int = 224,
+    skipped: list[tuple[Path, str]] | None = None,
 ) -> Path:
-    """Read every row under `<results_dir>/rows/`; write results.csv, REPORT.md and plots/."""
+    """Read every row under `<results_dir>/rows/`; write results.csv, REPORT.md and plots/.
+
+    Row files that cannot be used are listed in REPORT.md and appended to `skipped` as
+    (path, why) when it is a list.
+    """
     results_dir = Path(results_dir)
+    skipped = [] if skipped is None else skipped
     plot_dir = results_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     for stale in plot_dir.glob("*.png"):  # figures of sections that no longer exist
         stale.unlink()
-    frame = load_table(results_dir)
+    frame = load_table(results_dir, skipped)
     frame.to_csv(results_dir / "results.csv", index=False)
 
     if frame.empty:
@@ -288,6 +319,8 @@ def build_report(
             lines += _section(title, section, plot_dir, results_dir, baseline, accuracy_size)
         lines += memory_check.section(frame, plot_dir, results_dir)
         lines += _errors(frame)
+        lines += _noisy(frame)
+    lines += _skipped(skipped, results_dir)
     lines += _erf(results_dir)
     report = results_dir / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")

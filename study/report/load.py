@@ -115,9 +115,15 @@ def variant_labels(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(label, axis=1)
 
 
-def load_table(results_dir: str | Path) -> pd.DataFrame:
-    """Every row under `<results_dir>/rows/` as the tidy table of `tidy`."""
-    return tidy(read_rows(results_dir))
+def load_table(
+    results_dir: str | Path, skipped: list[tuple[Path, str]] | None = None
+) -> pd.DataFrame:
+    """Every row under `<results_dir>/rows/` as the tidy table of `tidy`.
+
+    Unreadable files and rows with wrong-typed fields are left out and, when `skipped` is a list,
+    appended to it as (path, why) (`study.rows.read_rows`).
+    """
+    return tidy(read_rows(results_dir, skipped))
 
 
 def read_results_csv(path: str | Path) -> pd.DataFrame:
