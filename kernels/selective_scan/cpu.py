@@ -4,8 +4,13 @@ Why a compiled loop: the scan's cost is one exp per state element (batch*D*L*N);
 the state in registers does just that, while PyTorch-level chunked forms move the (batch, D, L, N)
 tensors through memory several times. Measurements behind the choice: README.md.
 
-The shared library is built with the system C compiler (`$CC`, else `cc`) into
-`$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and CPU.
+The C source is `cpu_scan.c` beside this file (package data); the shared library is built from a
+small wrapper that includes it twice (float, double) with the system C compiler (`$CC`, else `cc`)
+into `$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and
+CPU. Compiler messages name lines of `cpu_scan.c`.
+
+Inputs u, delta and z are read in place when their last dimension has unit stride (any batch and
+channel strides: the transposed or chunked views the models pass); otherwise they are copied.
 Without a compiler `available()` is False and `kernels.selective_scan(backend="auto")` falls back to
 the reference with a warning.
 """
@@ -23,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from kernels.selective_scan.cpu_source import SOURCE
 from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
 
+SOURCE_PATH = Path(__file__).with_name("cpu_scan.c")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _LIBS = ["-lmvec", "-lm"]
 VB = 16  # channels per task (VB in the C code)
@@ -34,6 +39,8 @@ _build_error: str | None = None
 
 
 def _instantiate() -> str:
+    """The wrapper compiled: `cpu_scan.c` included once per element type."""
+    include = f'#include "{SOURCE_PATH.resolve()}"\n'
     parts = [f"#define VB {VB}\n#define K {CHUNK}\n"]
     names = ("REAL", "IREAL", "EXP", "LOG1P")  # element, same-width int (shuffle masks), math
     for values, suffix in ((("float", "int32_t", "expf", "log1pf"), "f32"),
@@ -43,7 +50,7 @@ def _instantiate() -> str:
             "#define CAT_(a, b) a##_##b\n#define CAT(a, b) CAT_(a, b)\n"
             f"#define FN(x) CAT(x, {suffix})\n"
         )
-        parts.append(SOURCE)
+        parts.append(include)
         parts += [f"#undef {name}\n" for name in (*names, "FN", "CAT", "CAT_")]
     return "".join(parts)
 
@@ -62,13 +69,14 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC)")
     source = _instantiate()
-    key = hashlib.sha256((source + " ".join(_FLAGS + _LIBS) + cc + _cpu_id()).encode()).hexdigest()
+    text = source + SOURCE_PATH.read_text()
+    key = hashlib.sha256((text + " ".join(_FLAGS + _LIBS) + cc + _cpu_id()).encode()).hexdigest()
     cache = Path(os.environ.get("KERNELS_CACHE_DIR", Path.home() / ".cache/vision-scaling-kernels"))
     cache.mkdir(parents=True, exist_ok=True)
     so = cache / f"selective_scan_{key[:16]}.so"
     if not so.exists():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, out = Path(tmp) / "scan.c", Path(tmp) / "scan.so"
+            src, out = Path(tmp) / "scan_wrapper.c", Path(tmp) / "scan.so"
             src.write_text(source)
             subprocess.run(
                 [cc, *_FLAGS, str(src), "-o", str(out), *_LIBS],
@@ -141,11 +149,27 @@ def _acc(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _group_major(B: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(batch, N, L) or (batch, G, N, L) -> contiguous (batch, G, L, N) for per-step loads."""
+def _group_major(B: torch.Tensor, acc: torch.dtype, reverse: bool) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) -> contiguous (batch, G, L, N) for per-step loads, in scan
+    order (flipped for a reverse scan: the C loop then reads both directions upwards)."""
     if B.dim() == 3:
         B = B.unsqueeze(1)
-    return B.to(acc).transpose(-1, -2).contiguous()
+    B = B.to(acc).transpose(-1, -2).contiguous()
+    return B.flip(-2) if reverse else B  # B is small: (batch, G, L, N) against (batch, D, L)
+
+
+def _rows(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    """(batch, D, L) as the C loop reads it: in `acc`, unit stride along L (copied only if not)."""
+    if t is None:
+        return None
+    t = t.detach().to(acc)
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _strides(*ts: torch.Tensor | None) -> ctypes.Array:
+    """(batch, channel) strides in elements of each (batch, D, L) input; 0, 0 for an absent one."""
+    flat = [s for t in ts for s in ((0, 0) if t is None else t.stride()[:2])]
+    return (ctypes.c_int64 * len(flat))(*flat)
 
 
 def fwd(
@@ -162,8 +186,9 @@ def fwd(
     def dense(t):
         return None if t is None else t.detach().to(acc).contiguous()
 
-    u_, delta_, A_, D_, z_, bias_ = map(dense, (u, delta, A, D, z, delta_bias))
-    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    A_, D_, bias_ = map(dense, (A, D, delta_bias))
+    u_, delta_, z_ = (_rows(t, acc) for t in (u, delta, z))
+    Bm, Cm = (_group_major(t.detach(), acc, reverse) for t in (B, C))
     y = _empty(batch, dim, length, dtype=acc)
     ckpt = _empty(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc)
     if not y.numel():  # L = 0: the final state is the zero initial one
@@ -171,7 +196,7 @@ def fwd(
     else:  # writes every chunk state and the final one
         fn = getattr(library(), f"scan_fwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
-        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)),
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)), _strides(u_, delta_, z_),
            i64(batch), i64(dim), i64(length), i64(A.shape[1]), i64(Bm.shape[1]),
            ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
            _ptr(y), _ptr(ckpt), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
@@ -191,10 +216,9 @@ def bwd(
     def dense(t):
         return None if t is None else t.detach().to(acc).contiguous()
 
-    u_, delta_, A_, D_, z_, bias_, gy, gl, ckpt = map(
-        dense, (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
-    )
-    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    A_, D_, bias_, gy, gl, ckpt = map(dense, (A, D, delta_bias, grad_y, grad_last, ckpt))
+    u_, delta_, z_ = (_rows(t, acc) for t in (u, delta, z))
+    Bm, Cm = (_group_major(t.detach(), acc, reverse) for t in (B, C))
     du, ddelta = _empty(batch, dim, length, dtype=acc), _empty(batch, dim, length, dtype=acc)
     dz = _empty(batch, dim, length, dtype=acc) if z is not None else None
     dA = torch.zeros(batch, dim, n, dtype=acc)
@@ -203,13 +227,15 @@ def bwd(
     if du.numel():
         fn = getattr(library(), f"scan_bwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
-        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_, ckpt, gy, gl)),
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)), _strides(u_, delta_, z_),
+           *map(_ptr, (ckpt, gy, gl)),
            i64(batch), i64(dim), i64(length), i64(n), i64(groups),
            ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
            *map(_ptr, (du, ddelta, dz, dA, dD, dbias, dBm, dCm)),
            ctypes.c_int(threads))  # fmt: skip
-    dB = dBm.sum(0).transpose(-1, -2)  # (batch, G, N, L)
-    dC = dCm.sum(0).transpose(-1, -2)
+    dB, dC = (t.sum(0).transpose(-1, -2) for t in (dBm, dCm))  # (batch, G, N, L), scan order
+    if reverse:
+        dB, dC = dB.flip(-1), dC.flip(-1)
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
     return (
