@@ -172,3 +172,41 @@ def test_several_spans_of_chunks(reverse):
     assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
     for name, g in grads.items():
         assert rel_err(g, grads_ref[name]) < 1e-9, name
+
+
+def model_layout(x: dict) -> dict:
+    """u, delta, z as the models pass them: views with batch and channel strides of a larger
+    buffer (a chunk of in_proj's (batch, 2D, L) output, every other channel), unit stride in L."""
+    out = dict(x)
+    for i, name in enumerate(("u", "delta", "z")):
+        t = x[name]
+        batch, dim, length = t.shape
+        buffer = torch.randn(batch, 4 * dim, length + 3, dtype=t.dtype)
+        view = buffer[:, i * dim : (i + 2) * dim : 2, 1 : length + 1]  # channel stride 2
+        view.copy_(t)
+        out[name] = view
+    return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [37, 600])
+def test_strided_model_layouts_read_in_place(reverse, length):
+    """Batch/channel-strided u, delta, z (16-channel blocks and a partial one, lengths that are no
+    multiple of 16, several spans) match the float64 reference, forward and every gradient."""
+    x = make_scan_inputs(batch=2, dim=20, n_state=4, length=length, dtype=torch.float64)
+    strided = model_layout(x)
+    for name in ("u", "delta", "z"):
+        t = strided[name]
+        assert not t.is_contiguous() and t.stride(-1) == 1
+        assert cpu._rows(t, torch.float64).data_ptr() == t.data_ptr(), name  # no copy
+    y, last, grads, grad_y = run_cpu(strided, reverse=reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name
+
+
+def test_unit_stride_is_needed_along_the_sequence_only():
+    x = make_scan_inputs(batch=1, dim=3, n_state=2, length=5, dtype=torch.float64)
+    transposed = x["u"].transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert cpu._rows(transposed, torch.float64).is_contiguous()  # copied, then read densely

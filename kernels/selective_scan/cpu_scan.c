@@ -92,10 +92,6 @@ static inline void FN(transpose16)(FN(vec)* x) {
 #undef SWAP_BLOCKS
 }
 
-static inline FN(vec) FN(reversed)(FN(vec) x) {
-    const FN(ivec) rev = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
-    return __builtin_shuffle(x, rev);
-}
 #endif
 
 /* Tiles of steps x VB channels, so the (batch, D, L) rows are read and written contiguously
@@ -122,12 +118,10 @@ static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t L, int nv, i
             const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
             const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
             FN(vec) x[16];
-            for (int v = 0; v < 16; v++) {
-                memcpy(&x[v], src + v * ld + t0, sizeof(x[v]));
-                if (reverse) x[v] = FN(reversed)(x[v]);
-            }
-            FN(transpose16)(x);
-            for (int r = 0; r < 16; r++) memcpy(tile[k + r], &x[r], sizeof(x[r]));
+            for (int v = 0; v < 16; v++) memcpy(&x[v], src + v * ld + t0, sizeof(x[v]));
+            FN(transpose16)(x);  /* x[r]: step t0 + r of the 16 rows */
+            for (int r = 0; r < 16; r++)  /* reversed: scan step k + 15 - r */
+                memcpy(tile[k + (reverse ? 15 - r : r)], &x[r], sizeof(x[r]));
         }
         done = 16 * nfull;
     }
@@ -147,12 +141,10 @@ static inline void FN(tile_out)(REAL* dst, int64_t ld, int64_t L, int nv, int64_
             const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
             const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
             FN(vec) x[16];
-            for (int r = 0; r < 16; r++) memcpy(&x[r], tile[k + r], sizeof(x[r]));
+            for (int r = 0; r < 16; r++)
+                memcpy(&x[r], tile[k + (reverse ? 15 - r : r)], sizeof(x[r]));
             FN(transpose16)(x);
-            for (int v = 0; v < 16; v++) {
-                if (reverse) x[v] = FN(reversed)(x[v]);
-                memcpy(dst + v * ld + t0, &x[v], sizeof(x[v]));
-            }
+            for (int v = 0; v < 16; v++) memcpy(dst + v * ld + t0, &x[v], sizeof(x[v]));
         }
         done = 16 * nfull;
     }
