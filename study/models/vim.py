@@ -95,20 +95,25 @@ class BiMambaMixer(nn.Module):
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
     def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool) -> torch.Tensor:
-        """One direction of the mixer on x, z (batch, Di, L) -> gated y (batch, Di, L)."""
+        """One direction of the mixer on x, z (batch, Di, L) -> gated y (batch, Di, L).
+
+        The projections are computed as W @ x into (batch, channels, L), the scan's layout
+        (mamba_ssm does the same), so no operand of the scan is a transposed copy.
+        """
         s = "_b" if backward else ""
         conv, x_proj, dt_proj = (getattr(self, f"{n}{s}") for n in ("conv1d", "x_proj", "dt_proj"))
         A_log, D = (self.A_b_log, self.D_b) if backward else (self.A_log, self.D)
         x = F.silu(depthwise_conv1d(x, conv.weight, conv.bias, anti_causal=backward))
-        dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], -1)
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (batch, Di, L); bias goes to the scan
+        x_dbl = torch.matmul(x_proj.weight, x)  # (batch, R + 2N, L)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.matmul(dt_proj.weight, dt)  # (batch, Di, L); the bias goes to the scan
         A = -torch.exp(A_log.float())  # (Di, N)
         return kernels.selective_scan(
             x,
             dt,
             A,
-            B.transpose(1, 2).contiguous(),  # (batch, N, L)
-            C.transpose(1, 2).contiguous(),
+            B,  # (batch, N, L) views of x_dbl
+            C,
             D=D.float(),
             z=z,
             delta_bias=dt_proj.bias.float(),
@@ -117,7 +122,10 @@ class BiMambaMixer(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, Di, L)
+        # in_proj as W @ hidden^T: (batch, 2Di, L), so x and z are views with unit stride along L
+        # that the scan reads in place (a transposed (batch, L, 2Di) output would be copied)
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        x, z = xz.chunk(2, dim=1)  # each (batch, Di, L)
         y = self.scan_direction(x, z, backward=False)
         if self.bidirectional:
             y = (y + self.scan_direction(x, z, backward=True)) / 2
