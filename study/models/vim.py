@@ -42,6 +42,13 @@ def depthwise_conv1d(
     return F.conv1d(x, weight, bias, groups=weight.shape[0])
 
 
+def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(out, in) @ (batch, in, L) -> (batch, out, L) as one batched GEMM, mamba_ssm's layout for
+    the scan. (torch.matmul folds the batch into one GEMM or not depending on the grad mode, which
+    changes the rounding.)"""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 class BiMambaMixer(nn.Module):
     """Mamba mixer scanning both ways ("bimamba v2"): (batch, L, d) -> (batch, L, d).
 
@@ -104,9 +111,9 @@ class BiMambaMixer(nn.Module):
         conv, x_proj, dt_proj = (getattr(self, f"{n}{s}") for n in ("conv1d", "x_proj", "dt_proj"))
         A_log, D = (self.A_b_log, self.D_b) if backward else (self.A_log, self.D)
         x = F.silu(depthwise_conv1d(x, conv.weight, conv.bias, anti_causal=backward))
-        x_dbl = torch.matmul(x_proj.weight, x)  # (batch, R + 2N, L)
+        x_dbl = project(x_proj.weight, x)  # (batch, R + 2N, L)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        dt = torch.matmul(dt_proj.weight, dt)  # (batch, Di, L); the bias goes to the scan
+        dt = project(dt_proj.weight, dt)  # (batch, Di, L); the bias goes to the scan
         A = -torch.exp(A_log.float())  # (Di, N)
         return kernels.selective_scan(
             x,
@@ -124,7 +131,7 @@ class BiMambaMixer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # in_proj as W @ hidden^T: (batch, 2Di, L), so x and z are views with unit stride along L
         # that the scan reads in place (a transposed (batch, L, 2Di) output would be copied)
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        xz = project(self.in_proj.weight, hidden.transpose(1, 2))
         x, z = xz.chunk(2, dim=1)  # each (batch, Di, L)
         y = self.scan_direction(x, z, backward=False)
         if self.bidirectional:

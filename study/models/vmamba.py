@@ -39,10 +39,21 @@ class Linear2d(nn.Linear):
     """A 1x1 convolution on (batch, C, H, W) that stores its weight as nn.Linear does (out, in).
 
     Same parameter shapes as the official checkpoints, same init as nn.Linear (trunc-normal below).
+    Computed as the GEMM W @ x over (C, H*W), which writes the (batch, out, H, W) output directly:
+    on CPU that is faster than oneDNN's 1x1 convolution, which reorders to its blocked layout and
+    back (VMamba-T's 1x1 shapes at 1024 px: see tools/linear2d_bench.py).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+        batch, _, height, width = x.shape
+        flat = x.flatten(2)  # (batch, in, H*W): a view of an NCHW-contiguous map
+        if self.bias is None:
+            y = torch.matmul(self.weight, flat)
+        elif batch == 1:
+            y = torch.addmm(self.bias[:, None], self.weight, flat[0])
+        else:
+            y = torch.baddbmm(self.bias[:, None], self.weight.expand(batch, -1, -1), flat)
+        return y.view(batch, -1, height, width)
 
 
 def channel_norm(num_channels: int) -> nn.Module:
@@ -55,28 +66,21 @@ def channel_norm(num_channels: int) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 
 
-def scan_directions(x: torch.Tensor, directions: Directions) -> torch.Tensor:
-    """(batch, C, H, W) -> (batch, K=directions, C, H*W), a subset of `kernels.cross_scan`.
-
-    4: row-major, column-major and each reversed (VMamba's cross-scan); 2: row-major and its reverse
-    (VMamba's "bidi" ablation); 1: row-major only ("unidi").
-    """
-    xs = kernels.cross_scan(x)
-    if directions == 4:
-        return xs
-    if directions == 2:
-        return xs[:, 0::2]  # orders 0 (row-major) and 2 (row-major reversed)
-    return xs[:, :1]
+# Scan direction k (the slot of its parameters) -> (token order, reverse). 4 is VMamba's cross-scan
+# (`kernels.cross_scan` orders 0-3: row-major, column-major, each reversed); 2 is row-major and its
+# reverse (VMamba's "bidi" ablation); 1 is row-major only ("unidi"). A reversed order is the same
+# sequence scanned with reverse=True, whose output is already in the sequence's own positions.
+SCAN_ORDERS: dict[int, tuple[tuple[str, bool], ...]] = {
+    1: (("rows", False),),
+    2: (("rows", False), ("rows", True)),
+    4: (("rows", False), ("cols", False), ("rows", True), ("cols", True)),
+}
 
 
-def merge_directions(ys: torch.Tensor) -> torch.Tensor:
-    """(batch, K, C, H, W) -> (batch, C, H*W): the adjoint of `scan_directions` (unorder, sum)."""
-    if ys.shape[1] == 4:
-        return kernels.cross_merge(ys)
-    seqs = ys.flatten(3)
-    if ys.shape[1] == 2:
-        return seqs[:, 0] + seqs[:, 1].flip(-1)
-    return seqs[:, 0]
+def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(out, in) @ (batch, in, L) -> (batch, out, L) as one batched GEMM. (torch.matmul folds the
+    batch into one GEMM or not depending on the grad mode, which changes the rounding.)"""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -135,25 +139,47 @@ class SelectiveScan2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, Di, H, W) -> (batch, Di, H, W): scan K directions, merge them back."""
+        """(batch, Di, H, W) -> (batch, Di, H, W): scan the K directions, sum them back in place.
+
+        Only the token orders scanned are built: row-major is a view of x, column-major its one
+        transposed copy; reversed orders scan those same sequences with reverse=True. So the four
+        directions cost one copy of x and one transposed add, where a cross-scan and cross-merge
+        copy and flip four sequences. The projections run as W @ seq into (batch, channels, L),
+        the scan's layout, one GEMM per token order for all its directions.
+        """
         batch, d_inner, height, width = x.shape
-        k, length, n, r = self.directions, height * width, self.d_state, self.dt_rank
-        xs = scan_directions(x, k)  # (batch, K, Di, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (batch, K, R + 2N, L)
-        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (batch, K, Di, L)
-        ys = kernels.selective_scan(
-            xs.reshape(batch, k * d_inner, length),
-            dts.reshape(batch, k * d_inner, length),
-            -torch.exp(at_least_fp32(self.A_logs)),
-            bs.contiguous(),  # (batch, K, N, L): channel group k is direction k
-            cs.contiguous(),
-            at_least_fp32(self.Ds),
-            delta_bias=at_least_fp32(self.dt_projs_bias.reshape(-1)),
-            delta_softplus=True,
-        )
-        y = merge_directions(ys.view(batch, k, d_inner, height, width))
-        return y.view(batch, d_inner, height, width)
+        n, r = self.d_state, self.dt_rank
+        orders = SCAN_ORDERS[self.directions]
+        A = -torch.exp(at_least_fp32(self.A_logs)).view(len(orders), d_inner, n)
+        skip = at_least_fp32(self.Ds).view(len(orders), d_inner)
+        bias = at_least_fp32(self.dt_projs_bias)
+        summed: dict[str, torch.Tensor] = {}
+        for order in dict.fromkeys(name for name, _ in orders):
+            if order == "rows":
+                seq = x.flatten(2)  # (batch, Di, H*W), row-major tokens
+            else:
+                seq = x.transpose(2, 3).flatten(2)  # column-major tokens (a copy)
+            slots = [k for k, (name, _) in enumerate(orders) if name == order]
+            x_dbl = project(self.x_proj_weight[slots].flatten(0, 1), seq)
+            x_dbl = x_dbl.unflatten(1, (len(slots), r + 2 * n))  # (batch, J, R + 2N, L)
+            dts = torch.matmul(self.dt_projs_weight[slots], x_dbl[:, :, :r])  # (batch, J, Di, L)
+            for j, k in enumerate(slots):
+                y = kernels.selective_scan(
+                    seq,
+                    dts[:, j],
+                    A[k],
+                    x_dbl[:, j, r : r + n],  # (batch, N, L)
+                    x_dbl[:, j, r + n :],
+                    skip[k],
+                    delta_bias=bias[k],
+                    delta_softplus=True,
+                    reverse=orders[k][1],
+                )
+                summed[order] = y if order not in summed else summed[order] + y
+        y = summed["rows"].view(batch, d_inner, height, width)
+        if "cols" in summed:  # column-major positions back to row-major
+            y = y + summed["cols"].view(batch, d_inner, width, height).transpose(2, 3)
+        return y
 
 
 class SS2D(SelectiveScan2D):
