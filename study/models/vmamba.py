@@ -155,10 +155,8 @@ class SelectiveScan2D(nn.Module):
         bias = at_least_fp32(self.dt_projs_bias)
         summed: dict[str, torch.Tensor] = {}
         for order in dict.fromkeys(name for name, _ in orders):
-            if order == "rows":
-                seq = x.flatten(2)  # (batch, Di, H*W), row-major tokens
-            else:
-                seq = x.transpose(2, 3).flatten(2)  # column-major tokens (a copy)
+            # (batch, Di, H*W): row-major tokens (a view), or column-major ones (a copy)
+            seq = x.flatten(2) if order == "rows" else x.transpose(2, 3).flatten(2)
             slots = [k for k, (name, _) in enumerate(orders) if name == order]
             x_dbl = project(self.x_proj_weight[slots].flatten(0, 1), seq)
             x_dbl = x_dbl.unflatten(1, (len(slots), r + 2 * n))  # (batch, J, R + 2N, L)
