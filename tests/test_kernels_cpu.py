@@ -136,6 +136,20 @@ def test_auto_means_cpu_on_cpu_and_use_backend_overrides():
     assert resolve("auto", torch.device("cuda")) == "triton"
 
 
+def test_use_backend_is_per_thread():
+    """The override is a context variable: another thread still resolves "auto" by device."""
+    import threading
+
+    resolve = kernels.selective_scan.__globals__["resolve_backend"]
+    seen = []
+    with kernels.use_backend("reference"):
+        thread = threading.Thread(target=lambda: seen.append(resolve("auto", torch.device("cpu"))))
+        thread.start()
+        thread.join()
+        assert resolve("auto", torch.device("cpu")) == "reference"
+    assert seen == ["cpu"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     batch=st.integers(1, 2),
