@@ -47,7 +47,8 @@ report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and
 erf: $(STAMP) ## effective receptive fields of the default models into results/erf/
 	$(PY) -m study.erf
 
-bench: $(STAMP) ## time every selective-scan backend on this device; writes results/kernels_<device>.csv
+bench: $(STAMP) ## time every selective-scan backend, and the calls Vim/VMamba make; writes results/kernels_<device>.csv
+	$(PY) -m study.measure.scan_calls
 	$(PY) -m kernels.bench
 
 # A GPU machine may have no package registry: it runs with its own python3 (torch, triton, timm,

@@ -45,14 +45,15 @@ class ScanCall:
         fields = (getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "ms")
         return tuple(tuple(sorted(v.items())) if isinstance(v, dict) else v for v in fields)
 
-    def contiguous(self) -> bool:
-        shape = (self.batch, self.dim, self.length)
-        return all(torch.empty(shape).stride() == s for s in self.strides.values())
-
     def describe(self) -> str:
         """e.g. `1x384x4097 N=16 gated reverse strided(z)`."""
-        dense = torch.empty(self.batch, self.dim, self.length).stride()
-        odd = [k for k, s in self.strides.items() if tuple(s) != dense]
+        shape = (self.batch, self.dim, self.length)
+        dense = torch.empty(shape).stride()
+
+        def strided(stride: tuple[int, ...]) -> bool:  # a size-1 dimension's stride is moot
+            return any(s != d for s, d, n in zip(stride, dense, shape, strict=True) if n > 1)
+
+        odd = [k for k, s in self.strides.items() if strided(s)]
         parts = [f"{self.batch}x{self.dim}x{self.length}", f"N={self.d_state}"]
         parts += [f"G={self.groups}"] if self.groups else []
         parts += ["gated"] if self.gated else []
