@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format sweep predict report erf bench gpu-wheels gpu-check
+.PHONY: help install test test-all lint format sweep predict report erf breakdown bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and
 
 erf: $(STAMP) ## effective receptive fields of the default models into results/erf/
 	$(PY) -m study.erf
+
+breakdown: $(STAMP) ## where each model's forward time goes (profiler, by kind of op); writes results/breakdown_<device>.csv
+	$(PY) -m study.measure.breakdown
 
 bench: $(STAMP) ## time every selective-scan backend, and the calls Vim/VMamba make; writes results/kernels_<device>.csv
 	$(PY) -m study.measure.scan_calls

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from study.report import analysis, plots
+from study.report.breakdown import breakdown_section
 from study.report.load import load_table, sections, slug
 from study.report.markdown import NOT_RUN, STATUS_TEXT, fmt, md_table, metric_table
 from study.report.published import (
@@ -284,6 +285,7 @@ def build_report(
             lines += _section(title, section, plot_dir, results_dir, baseline, accuracy_size)
         lines += _errors(frame)
     lines += _erf(results_dir)
+    lines += breakdown_section(results_dir, plot_dir)  # issue 11
     report = results_dir / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     return report
