@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from study.models import create, family_of, feature_map
 from study.models.vmamba import (
+    SCAN_ORDERS,
     SS2D,
     ConvStem,
     GatedSS2D,
+    Linear2d,
     PatchEmbed,
     VMamba,
     checkpoint_filter_fn,
@@ -262,3 +264,42 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError):  # a typo is not swallowed
         timm.create_model("test_vmamba", direction=2)
     assert ConvStem.channels_last is False
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_linear2d_is_a_1x1_convolution_in_either_layout(bias, batch, channels_last):
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5, bias=bias).double()
+    x = torch.randn(batch, 6, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = layer(x)
+    want = F.conv2d(x, layer.weight[:, :, None, None], layer.bias)
+    torch.testing.assert_close(got, want)
+    assert got.shape == (batch, 5, 3, 4)
+    # no copy into the other layout: a channels-last map stays channels-last
+    assert got.permute(0, 2, 3, 1).is_contiguous() == channels_last or got.is_contiguous()
+
+
+@pytest.mark.parametrize("directions", [1, 2, 4])
+def test_only_the_token_orders_scanned_are_built(directions, monkeypatch):
+    """directions=1|2 scan row-major tokens only: no column-major copy, and reverse=True in place
+    of flipped copies; 4 adds the column-major order. One scan call per direction."""
+    import kernels
+
+    calls = []
+    real = kernels.selective_scan
+    x = torch.randn(1, 6, 3, 5)
+
+    def spy(u, *args, **kwargs):
+        order = "rows" if u.data_ptr() == x.data_ptr() else "cols"  # rows: x itself, no copy
+        calls.append((order, kwargs["reverse"]))
+        return real(u, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "selective_scan", spy)
+    m = SS2D(d_model=6, d_state=2, directions=directions)
+    with torch.no_grad():
+        m.forward_core(x)
+    assert sorted(calls) == sorted(SCAN_ORDERS[directions])

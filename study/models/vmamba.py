@@ -39,12 +39,17 @@ class Linear2d(nn.Linear):
     """A 1x1 convolution on (batch, C, H, W) that stores its weight as nn.Linear does (out, in).
 
     Same parameter shapes as the official checkpoints, same init as nn.Linear (trunc-normal below).
-    Computed as the GEMM W @ x over (C, H*W), which writes the (batch, out, H, W) output directly:
-    on CPU that is faster than oneDNN's 1x1 convolution, which reorders to its blocked layout and
-    back (VMamba-T's 1x1 shapes at 1024 px: see tools/linear2d_bench.py).
+    Computed as a GEMM in the layout the input has, with no copy: a channels-last map (what
+    LayerNorm2d returns) as nn.Linear over its (batch, H, W, C) view, an NCHW map as W @ x over
+    (C, H*W), which writes the NCHW output directly. On CPU the NCHW GEMM beats oneDNN's NCHW 1x1
+    convolution by 1.1-2.3x at VMamba-T's 1x1 shapes (1024 px, process CPU time), and the
+    channels-last GEMM matches oneDNN's channels-last convolution: tools/linear2d_bench.py.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nhwc = x.permute(0, 2, 3, 1)
+        if nhwc.is_contiguous() and not x.is_contiguous():  # channels-last strides
+            return F.linear(nhwc, self.weight, self.bias).permute(0, 3, 1, 2)
         batch, _, height, width = x.shape
         flat = x.flatten(2)  # (batch, in, H*W): a view of an NCHW-contiguous map
         if self.bias is None:
@@ -158,9 +163,11 @@ class SelectiveScan2D(nn.Module):
             # (batch, Di, H*W): row-major tokens (a view), or column-major ones (a copy)
             seq = x.flatten(2) if order == "rows" else x.transpose(2, 3).flatten(2)
             slots = [k for k, (name, _) in enumerate(orders) if name == order]
-            x_dbl = project(self.x_proj_weight[slots].flatten(0, 1), seq)
+            step = slots[1] - slots[0] if len(slots) > 1 else 1  # slots: 0, 2 / 1, 3 / 0, 1 / 0
+            own = slice(slots[0], slots[-1] + 1, step)  # a view: no indexing copy
+            x_dbl = project(self.x_proj_weight[own].flatten(0, 1), seq)
             x_dbl = x_dbl.unflatten(1, (len(slots), r + 2 * n))  # (batch, J, R + 2N, L)
-            dts = torch.matmul(self.dt_projs_weight[slots], x_dbl[:, :, :r])  # (batch, J, Di, L)
+            dts = torch.matmul(self.dt_projs_weight[own], x_dbl[:, :, :r])  # (batch, J, Di, L)
             for j, k in enumerate(slots):
                 y = kernels.selective_scan(
                     seq,
