@@ -46,6 +46,8 @@ def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(out, in) @ (batch, in, L) -> (batch, out, L) as one batched GEMM, mamba_ssm's layout for
     the scan. (torch.matmul folds the batch into one GEMM or not depending on the grad mode, which
     changes the rounding.)"""
+    if x.shape[0] == 1:  # one GEMM; bmm with a stride-0 (expanded) weight is several times slower
+        return torch.mm(weight, x[0]).unsqueeze(0)
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
