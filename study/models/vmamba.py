@@ -52,12 +52,15 @@ class Linear2d(nn.Linear):
             return F.linear(nhwc, self.weight, self.bias).permute(0, 3, 1, 2)
         batch, _, height, width = x.shape
         flat = x.flatten(2)  # (batch, in, H*W): a view of an NCHW-contiguous map
-        if self.bias is None:
-            y = torch.matmul(self.weight, flat)
-        elif batch == 1:
-            y = torch.addmm(self.bias[:, None], self.weight, flat[0])
+        weight = self.weight if batch == 1 else self.weight.expand(batch, -1, -1)
+        if batch == 1:  # one GEMM (bmm with a stride-0 weight is several times slower)
+            flat = flat[0]
+            y = torch.mm(weight, flat) if self.bias is None else None
         else:
-            y = torch.baddbmm(self.bias[:, None], self.weight.expand(batch, -1, -1), flat)
+            y = torch.bmm(weight, flat) if self.bias is None else None
+        if y is None:
+            gemm = torch.addmm if batch == 1 else torch.baddbmm
+            y = gemm(self.bias[:, None], weight, flat)
         return y.view(batch, -1, height, width)
 
 
@@ -148,45 +151,53 @@ class SelectiveScan2D(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, Di, H, W) -> (batch, Di, H, W): scan the K directions, sum them back in place.
 
-        Only the token orders scanned are built: row-major is a view of x, column-major its one
-        transposed copy; reversed orders scan those same sequences with reverse=True. So the four
-        directions cost one copy of x and one transposed add, where a cross-scan and cross-merge
-        copy and flip four sequences. The projections run as W @ seq into (batch, channels, L),
-        the scan's layout, one GEMM per token order for all its directions.
+        Only the token orders scanned are built: row-major (a view of an NCHW-contiguous x) and,
+        for 4 directions, column-major, side by side in one (batch, O*Di, L) tensor. Reversed
+        directions scan the same tensor with reverse=True, their outputs already in its token
+        positions, so all K directions take one scan call per sense (forward, reverse) with B and
+        C grouped by token order, and no flipped copies. Slot k = v * O + o of the parameters is
+        sense v (0 forward, 1 reverse) of order o (SCAN_ORDERS). Projections run as GEMMs into
+        the scan's (channels, L) layout.
         """
         batch, d_inner, height, width = x.shape
-        n, r = self.d_state, self.dt_rank
-        orders = SCAN_ORDERS[self.directions]
-        A = -torch.exp(at_least_fp32(self.A_logs)).view(len(orders), d_inner, n)
-        skip = at_least_fp32(self.Ds).view(len(orders), d_inner)
-        bias = at_least_fp32(self.dt_projs_bias)
-        summed: dict[str, torch.Tensor] = {}
-        for order in dict.fromkeys(name for name, _ in orders):
-            # (batch, Di, H*W): row-major tokens (a view), or column-major ones (a copy)
-            seq = x.flatten(2) if order == "rows" else x.transpose(2, 3).flatten(2)
-            slots = [k for k, (name, _) in enumerate(orders) if name == order]
-            step = slots[1] - slots[0] if len(slots) > 1 else 1  # slots: 0, 2 / 1, 3 / 0, 1 / 0
-            own = slice(slots[0], slots[-1] + 1, step)  # a view: no indexing copy
-            x_dbl = project(self.x_proj_weight[own].flatten(0, 1), seq)
-            x_dbl = x_dbl.unflatten(1, (len(slots), r + 2 * n))  # (batch, J, R + 2N, L)
-            dts = torch.matmul(self.dt_projs_weight[own], x_dbl[:, :, :r])  # (batch, J, Di, L)
-            for j, k in enumerate(slots):
-                y = kernels.selective_scan(
-                    seq,
-                    dts[:, j],
-                    A[k],
-                    x_dbl[:, j, r : r + n],  # (batch, N, L)
-                    x_dbl[:, j, r + n :],
-                    skip[k],
-                    delta_bias=bias[k],
-                    delta_softplus=True,
-                    reverse=orders[k][1],
-                )
-                summed[order] = y if order not in summed else summed[order] + y
-        y = summed["rows"].view(batch, d_inner, height, width)
-        if "cols" in summed:  # column-major positions back to row-major
-            y = y + summed["cols"].view(batch, d_inner, width, height).transpose(2, 3)
-        return y
+        n, r, length = self.d_state, self.dt_rank, height * width
+        n_orders = len({name for name, _ in SCAN_ORDERS[self.directions]})
+        senses = self.directions // n_orders
+        if n_orders == 1:
+            seqs = x.flatten(2).unsqueeze(1)  # (batch, 1, Di, L); a view when x is NCHW
+        else:
+            seqs = x.new_empty(batch, 2, d_inner, length)
+            seqs[:, 0].view(batch, d_inner, height, width).copy_(x)
+            seqs[:, 1].view(batch, d_inner, width, height).copy_(x.transpose(2, 3))
+        c = r + 2 * n
+        w_x = self.x_proj_weight.view(senses, n_orders, c, d_inner).transpose(0, 1)
+        x_dbl = torch.matmul(w_x.reshape(n_orders, senses * c, d_inner), seqs)
+        x_dbl = x_dbl.view(batch, n_orders, senses, c, length).transpose(1, 2)  # (b, V, O, c, L)
+        w_dt = self.dt_projs_weight.view(senses, n_orders, d_inner, r)
+        dts = torch.matmul(w_dt, x_dbl[:, :, :, :r])  # (batch, V, O, Di, L), contiguous
+        A = -torch.exp(at_least_fp32(self.A_logs)).view(senses, n_orders * d_inner, n)
+        skip = at_least_fp32(self.Ds).view(senses, n_orders * d_inner)
+        bias = at_least_fp32(self.dt_projs_bias).view(senses, n_orders * d_inner)
+        u = seqs.reshape(batch, n_orders * d_inner, length)  # a view
+        y = None
+        for v in range(senses):
+            out = kernels.selective_scan(
+                u,
+                dts[:, v].reshape(batch, n_orders * d_inner, length),  # a view
+                A[v],
+                x_dbl[:, v, :, r : r + n],  # (batch, O, N, L): group o is token order o
+                x_dbl[:, v, :, r + n :],
+                skip[v],
+                delta_bias=bias[v],
+                delta_softplus=True,
+                reverse=v == 1,
+            )
+            y = out if y is None else y + out
+        y = y.view(batch, n_orders, d_inner, length)
+        merged = y[:, 0].view(batch, d_inner, height, width)
+        if n_orders == 2:  # column-major positions back to row-major
+            merged = merged + y[:, 1].view(batch, d_inner, width, height).transpose(2, 3)
+        return merged
 
 
 class SS2D(SelectiveScan2D):
