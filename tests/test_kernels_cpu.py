@@ -220,7 +220,22 @@ def test_strided_model_layouts_read_in_place(reverse, length):
         assert rel_err(g, grads_ref[name]) < 1e-9, name
 
 
-def test_unit_stride_is_needed_along_the_sequence_only():
-    x = make_scan_inputs(batch=1, dim=3, n_state=2, length=5, dtype=torch.float64)
-    transposed = x["u"].transpose(-1, -2).contiguous().transpose(-1, -2)
-    assert cpu._rows(transposed, torch.float64).is_contiguous()  # copied, then read densely
+@pytest.mark.parametrize("reverse", [False, True])
+def test_channels_last_and_transposed_inputs_read_in_place(reverse):
+    """u, delta, z with unit stride along the channels (a channels-last map flattened, a
+    transposed projection) or no unit stride at all: read in place, same results."""
+    x = make_scan_inputs(batch=2, dim=20, n_state=3, length=45, dtype=torch.float64)
+    odd = dict(x)
+    odd["u"] = x["u"].transpose(1, 2).contiguous().transpose(1, 2)  # channel stride 1
+    odd["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    z = torch.zeros(2, 45, 3, 20, dtype=torch.float64)
+    z[:, :, 1].copy_(x["z"].transpose(1, 2))
+    odd["z"] = z[:, :, 1].transpose(1, 2)  # channel stride 1, step stride 60
+    for name in ("u", "delta", "z"):
+        assert odd[name].stride(1) == 1
+        assert cpu._rows(odd[name], torch.float64).data_ptr() == odd[name].data_ptr(), name
+    y, last, grads, grad_y = run_cpu(odd, reverse=reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name

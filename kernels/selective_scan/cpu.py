@@ -9,8 +9,8 @@ small wrapper that includes it twice (float, double) with the system C compiler 
 into `$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and
 CPU. Compiler messages name lines of `cpu_scan.c`.
 
-Inputs u, delta and z are read in place when their last dimension has unit stride (any batch and
-channel strides: the transposed or chunked views the models pass); otherwise they are copied.
+Inputs u, delta and z are read in place whatever their strides (the chunked, transposed or
+channels-last views the models pass); unit stride along L, or along the channels, is fast.
 Without a compiler `available()` is False and `kernels.selective_scan(backend="auto")` falls back to
 the reference with a warning.
 """
@@ -159,16 +159,13 @@ def _group_major(B: torch.Tensor, acc: torch.dtype, reverse: bool) -> torch.Tens
 
 
 def _rows(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
-    """(batch, D, L) as the C loop reads it: in `acc`, unit stride along L (copied only if not)."""
-    if t is None:
-        return None
-    t = t.detach().to(acc)
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+    """(batch, D, L) as the C loop reads it: in `acc`, any strides (no copy when t is in acc)."""
+    return None if t is None else t.detach().to(acc)
 
 
 def _strides(*ts: torch.Tensor | None) -> ctypes.Array:
-    """(batch, channel) strides in elements of each (batch, D, L) input; 0, 0 for an absent one."""
-    flat = [s for t in ts for s in ((0, 0) if t is None else t.stride()[:2])]
+    """(batch, channel, step) strides in elements of each (batch, D, L) input; 0s if absent."""
+    flat = [s for t in ts for s in ((0, 0, 0) if t is None else t.stride())]
     return (ctypes.c_int64 * len(flat))(*flat)
 
 

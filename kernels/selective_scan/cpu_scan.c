@@ -11,9 +11,10 @@
    recomputes a chunk's decays and states, then walks them backwards: memory is O(batch * D * L)
    plus per-task scratch, never (batch, D, L, N).
 
-   Layouts. u, delta, z (batch, D, L) with any batch and channel strides (`st`: u, delta, z, each
-   (batch, channel) in elements) and unit stride along L: the views the models hold (a chunk of
-   in_proj's output, a transposed projection) are read in place. Contiguous: y, gout, du, ddelta,
+   Layouts. u, delta, z (batch, D, L) with any strides (`st`: u, delta, z, each (batch, channel,
+   step) in elements): the views the models hold (a chunk of in_proj's output, a transposed
+   projection, a channels-last map) are read in place; unit stride along L is the fast path,
+   unit channel stride (channels-last) reads each step's channels at once. Contiguous: y, gout, du, ddelta,
    dz (batch, D, L); bias, Dsk (D,); A (D, N); ckpt (batch, D, ceil(L / K) + 1, N); Bm, Cm
    (batch, G, L, N) in *scan order* (the Python side stores them flipped for a reverse scan, so
    both directions read them, and write dBm and dCm, upwards). Partial sums, one per task: dA
@@ -39,8 +40,8 @@
     const REAL* Bg = Bm + (b * G + g) * L * N;                                        \
     const REAL* Cg = Cm + (b * G + g) * L * N;                                        \
     const REAL* u_row = u + b * st[0] + d0 * st[1];                                   \
-    const REAL* dl_row = dl + b * st[2] + d0 * st[3];                                 \
-    const REAL* z_row = z ? z + b * st[4] + d0 * st[5] : NULL;
+    const REAL* dl_row = dl + b * st[3] + d0 * st[4];                                 \
+    const REAL* z_row = z ? z + b * st[6] + d0 * st[7] : NULL;
 
 static inline void FN(load_A)(const REAL* A, int64_t d0, int64_t N, int nv, REAL (*a)[VB]) {
     for (int64_t n = 0; n < N; n++)
@@ -102,14 +103,25 @@ static inline void FN(transpose16)(FN(vec)* x) {
 #define SC 8
 #define T_OF(i) (reverse ? L - 1 - (s0 + (i)) : s0 + (i))
 
-/* tile[i] <- steps s0 + i of the VB rows (in scan order), i < len; row v starts at src + v * ld.
-   Padding (steps up to a whole chunk past len, lanes from nv) is 0. */
-static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t L, int nv, int64_t s0,
-                               int64_t len, int reverse, REAL (*tile)[VB]) {
+/* tile[i] <- steps s0 + i of the VB rows (in scan order), i < len; element (v, t) at
+   src[v * ld + t * sl]. Padding (steps up to a whole chunk past len, lanes from nv) is 0. */
+static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t sl, int64_t L, int nv,
+                               int64_t s0, int64_t len, int reverse, REAL (*tile)[VB]) {
     const int64_t rows = (len + K - 1) / K * K;
     for (int64_t i = 0; i < rows; i++)
         for (int v = 0; v < VB; v++) tile[i][v] = 0;
     if (!src) return;
+    if (sl != 1) {  /* e.g. a channels-last map (ld == 1): a step's channels are one row */
+        for (int64_t i = 0; i < len; i++) {
+            const REAL* p = src + T_OF(i) * sl;
+            if (ld == 1) {
+                memcpy(tile[i], p, nv * sizeof(REAL));
+            } else {
+                for (int v = 0; v < nv; v++) tile[i][v] = p[v * ld];
+            }
+        }
+        return;
+    }
     int64_t done = 0;  /* steps copied by the 16 x 16 blocks (a prefix in scan order) */
 #if VB == 16
     if (nv == 16) {  /* 16 x 16 blocks transposed in registers, in increasing address order */
@@ -200,9 +212,9 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = 0; cs < nchunk; cs += SC) {  /* one span of SC chunks */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u_row, st[1], L, nv, s0, slen, reverse, ut);
-            FN(tile_in)(dl_row, st[3], L, nv, s0, slen, reverse, rawt);
-            FN(tile_in)(z_row, st[5], L, nv, s0, slen, reverse, zt);
+            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, ut);
+            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, rawt);
+            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, zt);
             FN(tile_dt)(rawt, dtt, bv, softplus, nv, (ce - cs) * K);
             for (int64_t c = cs; c < ce; c++) {
                 for (int64_t n = 0; n < N; n++)  /* the state before chunk c, for the backward */
@@ -413,10 +425,10 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = (nchunk - 1) / SC * SC; cs >= 0; cs -= SC) {  /* spans, downwards */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u_row, st[1], L, nv, s0, slen, reverse, tl.u);
-            FN(tile_in)(dl_row, st[3], L, nv, s0, slen, reverse, tl.raw);
-            FN(tile_in)(z_row, st[5], L, nv, s0, slen, reverse, tl.z);
-            FN(tile_in)(gout + base, L, L, nv, s0, slen, reverse, tl.g);
+            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, tl.u);
+            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, tl.raw);
+            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, tl.z);
+            FN(tile_in)(gout + base, L, 1, L, nv, s0, slen, reverse, tl.g);
             FN(tile_dt)(tl.raw, tl.dt, bv, softplus, nv, (ce - cs) * K);
             for (int64_t c = ce - 1; c >= cs; c--) {  /* chunks of the span, downwards */
                 const int64_t i0 = (c - cs) * K, len = (L - c * K) < K ? (L - c * K) : K;
