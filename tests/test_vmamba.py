@@ -163,6 +163,9 @@ def test_scan_core_matches_direct_computation(directions):
         want = direct_ss2d_core(m, x)
     assert got.shape == x.shape
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():  # a channels-last map (what LayerNorm2d hands the mixer) scans alike
+        got_cl = m.forward_core(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got_cl, want, rtol=1e-9, atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -151,8 +151,9 @@ class SelectiveScan2D(nn.Module):
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, Di, H, W) -> (batch, Di, H, W): scan the K directions, sum them back in place.
 
-        Only the token orders scanned are built: row-major (a view of an NCHW-contiguous x) and,
-        for 4 directions, column-major, side by side in one (batch, O*Di, L) tensor. Reversed
+        Only the token orders scanned are built: row-major (a view of x) and, for 4 directions,
+        column-major, side by side in one (batch, O*Di, L) tensor (token-major when x is
+        channels-last: the scan reads any strides). Reversed
         directions scan the same tensor with reverse=True, their outputs already in its token
         positions, so all K directions take one scan call per sense (forward, reverse) with B and
         C grouped by token order, and no flipped copies. Slot k = v * O + o of the parameters is
@@ -163,8 +164,13 @@ class SelectiveScan2D(nn.Module):
         n, r, length = self.d_state, self.dt_rank, height * width
         n_orders = len({name for name, _ in SCAN_ORDERS[self.directions]})
         senses = self.directions // n_orders
-        if n_orders == 1:
-            seqs = x.flatten(2).unsqueeze(1)  # (batch, 1, Di, L); a view when x is NCHW
+        if n_orders == 1:  # (batch, 1, Di, L): a view, of an NCHW or a channels-last map
+            seqs = x.flatten(2).unsqueeze(1)
+        elif x.permute(0, 2, 3, 1).is_contiguous():  # channels-last (after LayerNorm2d, Linear2d)
+            tokens = x.new_empty(batch, length, 2, d_inner)  # token-major: rows then columns
+            tokens[:, :, 0].view(batch, height, width, d_inner).copy_(x.permute(0, 2, 3, 1))
+            tokens[:, :, 1].view(batch, width, height, d_inner).copy_(x.permute(0, 3, 2, 1))
+            seqs = tokens.permute(0, 2, 3, 1)  # (batch, 2, Di, L), unit channel stride
         else:
             seqs = x.new_empty(batch, 2, d_inner, length)
             seqs[:, 0].view(batch, d_inner, height, width).copy_(x)
