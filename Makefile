@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format sweep predict report erf bench gpu-wheels gpu-check
+.PHONY: help install test test-all lint format sweep predict report erf breakdown bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,7 +51,11 @@ report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and
 erf: $(STAMP) ## effective receptive fields of the default models into results/erf/ (the committed ones)
 	$(PY) -m study.erf out_dir=results/erf
 
-bench: $(STAMP) ## time every selective-scan backend on this device; writes results/kernels_<device>.csv
+breakdown: $(STAMP) ## where each model's forward time goes (profiler, by kind of op); writes results/breakdown_<device>.csv
+	$(PY) -m study.measure.breakdown
+
+bench: $(STAMP) ## time every selective-scan backend, and the calls Vim/VMamba make; writes results/kernels_<device>.csv
+	$(PY) -m study.measure.scan_calls
 	$(PY) -m kernels.bench
 
 # A GPU machine may have no package registry: it runs with its own python3 (torch, triton, timm,

@@ -11,6 +11,12 @@ Bounds. GPU: the bytes that must move (each input read once, each output written
 bandwidth of a measured device-to-device copy. CPU: one `torch.exp` pass over the batch·D·L·N
 states (the scan needs one exp per state). `ms_over_bound` is median_ms / bound_ms.
 
+Calls the models make. With --calls FILE (default results/scan_calls_<device>.json when it exists,
+written by `python -m study.measure.scan_calls` from real forwards), every distinct call recorded
+there is also timed as the model makes it (its strides, reverse flag, groups) and, interleaved,
+with contiguous inputs in the forward direction: rows with layout "model" and "contiguous", and
+`over_contiguous` (median over rounds of model / contiguous) on the "model" row.
+
 Protocol. A backend's forward and forward+backward are timed interleaved, round by round, and
 `over_fwd` (forward+backward rows) is the median over rounds of forward+backward / the forward
 just before it. The upstream gradient is made once, outside the timing. On glibc the process
@@ -22,6 +28,8 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import dataclasses
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +39,7 @@ from pathlib import Path
 import torch
 
 import kernels
+from kernels.record import ScanCall, contiguous_call, replay
 from kernels.testing import make_scan_inputs
 
 
@@ -267,14 +276,44 @@ def bench_layer(layer: Layer, batch: int, device: torch.device, repeats: int,
     return rows["fwd"] + rows["fwd+bwd"]
 
 
+def bench_recorded(recorded: list[dict], device: torch.device, repeats: int, bound: dict
+                   ) -> list[dict]:  # fmt: skip
+    """Forward rows for each recorded model call: as the model makes it, and made contiguous.
+
+    The fast backend of the device runs both (the reference is timed on the hand-written layers
+    above); the two calls are timed interleaved, and `over_contiguous` is per round.
+    """
+    backend = "cpu" if device.type == "cpu" else "triton"
+    rows = []
+    for entry in recorded:
+        call = dataclasses.replace(ScanCall.from_dict(entry), backend=backend)
+        layouts = {"model": call, "contiguous": contiguous_call(call)}
+        fns = [replay(c, device) for c in layouts.values()]
+        with torch.no_grad():
+            times_ms = paired_times_ms(fns, device, repeats, warmup=2)
+        ratio = statistics.median(m / c for m, c in zip(*times_ms, strict=True))
+        for (layout, c), spent in zip(layouts.items(), times_ms, strict=True):
+            row = dict(device=device.type, device_name=bound["name"],
+                       layer=f"{entry['model']}@{entry['img_size']}: {call.describe()}",
+                       batch=c.batch, dim=c.dim, d_state=c.d_state, length=c.length,
+                       groups=c.groups or 1, backend=backend, pass_="fwd", layout=layout,
+                       calls_per_forward=entry["calls_per_forward"],
+                       median_ms=round(statistics.median(spent), 4), status="ok")  # fmt: skip
+            row["pass"] = row.pop("pass_")
+            if layout == "model":
+                row["over_contiguous"] = round(ratio, 3)
+            rows.append(row)
+    return rows
+
+
 COLUMNS = ["device", "device_name", "layer", "batch", "dim", "d_state", "length", "groups",
-           "backend", "pass", "median_ms", "speedup_vs_reference", "bound_ms", "ms_over_bound",
-           "over_fwd", "status"]  # fmt: skip
+           "backend", "pass", "layout", "calls_per_forward", "median_ms", "speedup_vs_reference",
+           "bound_ms", "ms_over_bound", "over_fwd", "over_contiguous", "status"]  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ["layer", "batch", "backend", "pass", "median_ms", "speedup_vs_reference",
-            "bound_ms", "ms_over_bound", "over_fwd", "status"]  # fmt: skip
+    head = ["layer", "batch", "backend", "pass", "layout", "median_ms", "speedup_vs_reference",
+            "bound_ms", "ms_over_bound", "over_fwd", "over_contiguous", "status"]  # fmt: skip
     widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in head]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
@@ -315,6 +354,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--layers", nargs="+", default=None,
                         help="name prefixes to keep, e.g. vim_small vmamba_tiny.s0")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", default=None,
+                        help="model calls recorded by study.measure.scan_calls (default: "
+                        "results/scan_calls_<device>.json if it exists; 'none': skip)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--max-reference-s", type=float, default=10.0)
     parser.add_argument("--out-dir", default="results")
@@ -342,6 +384,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 continue
             for batch in batches:
                 rows += bench_layer(layer, batch, device, args.repeats, args.max_reference_s, bound)
+    calls_path = Path(args.calls or Path(args.out_dir) / f"scan_calls_{device.type}.json")
+    if args.calls != "none" and calls_path.exists():
+        recorded = json.loads(calls_path.read_text())
+        print(f"model calls from {calls_path}: {len(recorded)}")
+        rows += bench_recorded(recorded, device, args.repeats, bound)
+    elif args.calls not in (None, "none"):
+        parser.error(f"--calls {args.calls}: no such file (python -m study.measure.scan_calls)")
     print_table(rows)
     print_targets(rows, device)
     out = Path(args.out_dir) / f"kernels_{args.label or device.type}.csv"

@@ -1,6 +1,7 @@
 """The kernel benchmark's protocol and output, at toy sizes (its numbers are not checked here)."""
 
 import csv
+import json
 
 import torch
 
@@ -66,3 +67,22 @@ def test_a_pass_out_of_memory_keeps_the_other(monkeypatch):
                       ("reference", "fwd+bwd"): "out of memory",
                       ("cpu", "fwd+bwd"): "out of memory"}  # fmt: skip
     assert not any("over_fwd" in r for r in rows)
+
+
+def test_recorded_model_calls_are_timed_beside_their_contiguous_call(tmp_path):
+    """A call recorded from a real forward (study.measure.scan_calls) gets a "model" row with its
+    strides and direction and a "contiguous" row of the same shape, forward, dense."""
+    from study.measure.scan_calls import record_calls
+
+    calls = record_calls("test_vim", 32)
+    assert {c["reverse"] for c in calls} == {False, True}  # Vim scans both ways
+    assert all(c["calls_per_forward"] == 2 for c in calls)  # test_vim: 2 blocks
+    path = tmp_path / "calls.json"
+    path.write_text(json.dumps(calls))
+    args = ["--img-sizes", "32", "--layers", "none", "--repeats", "2", "--calls", str(path)]
+    rows = bench.main([*args, "--out-dir", str(tmp_path), "--release-memory"])
+    assert [r["layout"] for r in rows] == ["model", "contiguous"] * len(calls)
+    for model_row, dense_row in zip(rows[::2], rows[1::2], strict=True):
+        assert model_row["over_contiguous"] > 0 and dense_row["median_ms"] > 0
+        assert model_row["layer"].startswith("test_vim@32: ")
+    assert any("reverse" in r["layer"] for r in rows)

@@ -136,6 +136,20 @@ def test_auto_means_cpu_on_cpu_and_use_backend_overrides():
     assert resolve("auto", torch.device("cuda")) == "triton"
 
 
+def test_use_backend_is_per_thread():
+    """The override is a context variable: another thread still resolves "auto" by device."""
+    import threading
+
+    resolve = kernels.selective_scan.__globals__["resolve_backend"]
+    seen = []
+    with kernels.use_backend("reference"):
+        thread = threading.Thread(target=lambda: seen.append(resolve("auto", torch.device("cpu"))))
+        thread.start()
+        thread.join()
+        assert resolve("auto", torch.device("cpu")) == "reference"
+    assert seen == ["cpu"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     batch=st.integers(1, 2),
@@ -168,6 +182,59 @@ def test_several_spans_of_chunks(reverse):
     with a full 16-channel block and a partial one, and a partial block of states (5 = 4 + 1)."""
     x = make_scan_inputs(batch=1, dim=20, n_state=5, length=1100, groups=None, dtype=torch.float64)
     y, last, grads, grad_y = run_cpu(x, reverse=reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name
+
+
+def model_layout(x: dict) -> dict:
+    """u, delta, z as the models pass them: views with batch and channel strides of a larger
+    buffer (a chunk of in_proj's (batch, 2D, L) output, every other channel), unit stride in L."""
+    out = dict(x)
+    for i, name in enumerate(("u", "delta", "z")):
+        t = x[name]
+        batch, dim, length = t.shape
+        buffer = torch.randn(batch, 4 * dim, length + 3, dtype=t.dtype)
+        view = buffer[:, i * dim : (i + 2) * dim : 2, 1 : length + 1]  # channel stride 2
+        view.copy_(t)
+        out[name] = view
+    return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [37, 600])
+def test_strided_model_layouts_read_in_place(reverse, length):
+    """Batch/channel-strided u, delta, z (16-channel blocks and a partial one, lengths that are no
+    multiple of 16, several spans) match the float64 reference, forward and every gradient."""
+    x = make_scan_inputs(batch=2, dim=20, n_state=4, length=length, dtype=torch.float64)
+    strided = model_layout(x)
+    for name in ("u", "delta", "z"):
+        t = strided[name]
+        assert not t.is_contiguous() and t.stride(-1) == 1
+        assert cpu._rows(t, torch.float64).data_ptr() == t.data_ptr(), name  # no copy
+    y, last, grads, grad_y = run_cpu(strided, reverse=reverse)
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_channels_last_and_transposed_inputs_read_in_place(reverse):
+    """u, delta, z with unit stride along the channels (a channels-last map flattened, a
+    transposed projection) or no unit stride at all: read in place, same results."""
+    x = make_scan_inputs(batch=2, dim=20, n_state=3, length=45, dtype=torch.float64)
+    odd = dict(x)
+    odd["u"] = x["u"].transpose(1, 2).contiguous().transpose(1, 2)  # channel stride 1
+    odd["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    z = torch.zeros(2, 45, 3, 20, dtype=torch.float64)
+    z[:, :, 1].copy_(x["z"].transpose(1, 2))
+    odd["z"] = z[:, :, 1].transpose(1, 2)  # channel stride 1, step stride 60
+    for name in ("u", "delta", "z"):
+        assert odd[name].stride(1) == 1
+        assert cpu._rows(odd[name], torch.float64).data_ptr() == odd[name].data_ptr(), name
+    y, last, grads, grad_y = run_cpu(odd, reverse=reverse)
     y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
     assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
     for name, g in grads.items():

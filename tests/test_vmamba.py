@@ -13,6 +13,7 @@ from study.models.vmamba import (
     SS2D,
     ConvStem,
     GatedSS2D,
+    Linear2d,
     PatchEmbed,
     VMamba,
     checkpoint_filter_fn,
@@ -162,6 +163,9 @@ def test_scan_core_matches_direct_computation(directions):
         want = direct_ss2d_core(m, x)
     assert got.shape == x.shape
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    with torch.no_grad():  # a channels-last map (what LayerNorm2d hands the mixer) scans alike
+        got_cl = m.forward_core(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got_cl, want, rtol=1e-9, atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,3 +347,45 @@ def test_init_is_the_official_training_codes(name):
         if isinstance(module, torch.nn.Linear):
             assert module.weight.abs().max() <= 2.0 and module.weight.std() < 0.03
             assert module.bias is None or not module.bias.any()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_linear2d_is_a_1x1_convolution_in_either_layout(bias, batch, channels_last):
+    torch.manual_seed(0)
+    layer = Linear2d(6, 5, bias=bias).double()
+    x = torch.randn(batch, 6, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = layer(x)
+    want = F.conv2d(x, layer.weight[:, :, None, None], layer.bias)
+    torch.testing.assert_close(got, want)
+    assert got.shape == (batch, 5, 3, 4)
+    # no copy into the other layout: a channels-last map stays channels-last
+    assert got.permute(0, 2, 3, 1).is_contiguous() == channels_last or got.is_contiguous()
+
+
+@pytest.mark.parametrize("directions", [1, 2, 4])
+def test_only_the_token_orders_scanned_are_built(directions, monkeypatch):
+    """directions=1|2 scan x itself (row-major tokens, no copy), the reverse one with reverse=True
+    instead of flipped copies; 4 scan row- and column-major tokens side by side. One scan call per
+    sense (forward, reverse)."""
+    import kernels
+
+    calls = []
+    real = kernels.selective_scan
+    x = torch.randn(1, 6, 3, 5)
+
+    def spy(u, *args, **kwargs):
+        calls.append((u.shape[1], u.data_ptr() == x.data_ptr(), kwargs["reverse"]))
+        return real(u, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "selective_scan", spy)
+    m = SS2D(d_model=6, d_state=2, directions=directions)
+    with torch.no_grad():
+        m.forward_core(x)
+    in_place = directions < 4
+    channels = 12 if directions == 4 else 6
+    senses = [False] if directions == 1 else [False, True]
+    assert calls == [(channels, in_place, reverse) for reverse in senses]

@@ -14,10 +14,10 @@ CrossBackend = Literal["auto", "reference", "triton"]
 
 def _backend(backend: CrossBackend, device: torch.device) -> str:
     """Resolve "auto": Triton on CUDA or inside `kernels.use_backend("triton")`, else reference."""
-    from kernels.selective_scan import _auto_override
+    from kernels.selective_scan import auto_override
 
     if backend == "auto":
-        wanted = _auto_override[-1] if _auto_override else "auto"
+        wanted = auto_override.get()
         on_gpu = wanted == "auto" and device.type == "cuda"
         backend = "triton" if wanted == "triton" or on_gpu else "reference"
     if backend not in ("reference", "triton"):

@@ -1,5 +1,6 @@
 """Selective scan (Mamba-1 S6): one public function, several backends behind it."""
 
+import contextvars
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,24 +51,27 @@ def _through_op(backend: str) -> Callable:
 BACKENDS = {name: _through_op(name) for name in ("reference", "cpu", "triton", "naive")}
 
 # What "auto" means inside `use_backend(...)`: a sweep picks the scan without the models knowing.
-_auto_override: list[str] = []
+# A context variable, so each thread (and asyncio task) has its own; kernels.cross_scan reads it.
+auto_override: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "selective_scan_auto_override", default="auto"
+)
 
 
 @contextmanager
 def use_backend(backend: Backend) -> Iterator[None]:
     """Within this block, calls with backend="auto" use `backend` (e.g. "reference" for a sweep)."""
     resolve_backend(backend, torch.device("cpu"))  # validate the name now, not at first call
-    _auto_override.append(backend)
+    token = auto_override.set(backend)
     try:
         yield
     finally:
-        _auto_override.pop()
+        auto_override.reset(token)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Map "auto" to the fastest registered backend for `device`; check explicit names."""
-    if backend == "auto" and _auto_override and _auto_override[-1] != "auto":
-        backend = _auto_override[-1]
+    if backend == "auto":
+        backend = auto_override.get()
     if backend == "auto":
         if device.type == "cuda":
             return "triton"

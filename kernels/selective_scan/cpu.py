@@ -4,8 +4,13 @@ Why a compiled loop: the scan's cost is one exp per state element (batch*D*L*N);
 the state in registers does just that, while PyTorch-level chunked forms move the (batch, D, L, N)
 tensors through memory several times. Measurements behind the choice: README.md.
 
-The shared library is built with the system C compiler (`$CC`, else `cc`) into
-`$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and CPU.
+The C source is `cpu_scan.c` beside this file (package data); the shared library is built from a
+small wrapper that includes it twice (float, double) with the system C compiler (`$CC`, else `cc`)
+into `$KERNELS_CACHE_DIR` (default ~/.cache/vision-scaling-kernels), keyed by source, flags and
+CPU. Compiler messages name lines of `cpu_scan.c`.
+
+Inputs u, delta and z are read in place whatever their strides (the chunked, transposed or
+channels-last views the models pass); unit stride along L, or along the channels, is fast.
 Without a compiler `available()` is False and `kernels.selective_scan(backend="auto")` falls back to
 the reference with a warning.
 """
@@ -23,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from kernels.selective_scan.cpu_source import SOURCE
 from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
 from kernels.workspace import copy_bytes, nbytes
 
+SOURCE_PATH = Path(__file__).with_name("cpu_scan.c")
 # Compile with -ffast-math, link without it: gcc links crtfastmath.o into any object *linked* with
 # -ffast-math, and its constructor turns on flush-to-zero and denormals-are-zero (MXCSR on x86,
 # FPCR on Arm) for the whole process the moment the library is loaded. Compiled code keeps every
@@ -40,6 +45,8 @@ _build_error: str | None = None
 
 
 def _instantiate() -> str:
+    """The wrapper compiled: `cpu_scan.c` included once per element type."""
+    include = f'#include "{SOURCE_PATH.resolve()}"\n'
     parts = [f"#define VB {VB}\n#define K {CHUNK}\n"]
     names = ("REAL", "IREAL", "EXP", "LOG1P")  # element, same-width int (shuffle masks), math
     for values, suffix in ((("float", "int32_t", "expf", "log1pf"), "f32"),
@@ -49,7 +56,7 @@ def _instantiate() -> str:
             "#define CAT_(a, b) a##_##b\n#define CAT(a, b) CAT_(a, b)\n"
             f"#define FN(x) CAT(x, {suffix})\n"
         )
-        parts.append(SOURCE)
+        parts.append(include)
         parts += [f"#undef {name}\n" for name in (*names, "FN", "CAT", "CAT_")]
     return "".join(parts)
 
@@ -68,8 +75,9 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC)")
     source = _instantiate()
+    text = source + SOURCE_PATH.read_text()
     flags = " ".join(_FLAGS + _LINK + _LIBS)
-    key = hashlib.sha256((source + flags + cc + _cpu_id()).encode()).hexdigest()
+    key = hashlib.sha256((text + flags + cc + _cpu_id()).encode()).hexdigest()
     cache = Path(os.environ.get("KERNELS_CACHE_DIR", Path.home() / ".cache/vision-scaling-kernels"))
     cache.mkdir(parents=True, exist_ok=True)
     so = cache / f"selective_scan_{key[:16]}.so"
@@ -77,7 +85,7 @@ def _build() -> ctypes.CDLL:
         print(f"kernels: compiling the CPU selective scan into {so} (once, about 30 s)",
               file=sys.stderr, flush=True)  # fmt: skip
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src, obj, out = Path(tmp) / "scan.c", Path(tmp) / "scan.o", Path(tmp) / "scan.so"
+            src, obj, out = (Path(tmp) / name for name in ("scan_wrapper.c", "scan.o", "scan.so"))
             src.write_text(source)
             for command in ([cc, *_FLAGS, "-c", str(src), "-o", str(obj)],
                             [cc, *_LINK, str(obj), "-o", str(out), *_LIBS]):  # fmt: skip
@@ -147,11 +155,24 @@ def _acc(u: torch.Tensor) -> torch.dtype:
     return torch.float64 if u.dtype == torch.float64 else torch.float32
 
 
-def _group_major(B: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(batch, N, L) or (batch, G, N, L) -> contiguous (batch, G, L, N) for per-step loads."""
+def _group_major(B: torch.Tensor, acc: torch.dtype, reverse: bool) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) -> contiguous (batch, G, L, N) for per-step loads, in scan
+    order (flipped for a reverse scan: the C loop then reads both directions upwards)."""
     if B.dim() == 3:
         B = B.unsqueeze(1)
-    return B.to(acc).transpose(-1, -2).contiguous()
+    B = B.to(acc).transpose(-1, -2).contiguous()
+    return B.flip(-2) if reverse else B  # B is small: (batch, G, L, N) against (batch, D, L)
+
+
+def _rows(t: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor | None:
+    """(batch, D, L) as the C loop reads it: in `acc`, any strides (no copy when t is in acc)."""
+    return None if t is None else t.detach().to(acc)
+
+
+def _strides(*ts: torch.Tensor | None) -> ctypes.Array:
+    """(batch, channel, step) strides in elements of each (batch, D, L) input; 0s if absent."""
+    flat = [s for t in ts for s in ((0, 0, 0) if t is None else t.stride())]
+    return (ctypes.c_int64 * len(flat))(*flat)
 
 
 def fwd(
@@ -168,8 +189,9 @@ def fwd(
     def dense(t):
         return None if t is None else t.detach().to(acc).contiguous()
 
-    u_, delta_, A_, D_, z_, bias_ = map(dense, (u, delta, A, D, z, delta_bias))
-    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    A_, D_, bias_ = map(dense, (A, D, delta_bias))
+    u_, delta_, z_ = (_rows(t, acc) for t in (u, delta, z))
+    Bm, Cm = (_group_major(t.detach(), acc, reverse) for t in (B, C))
     y = _empty(batch, dim, length, dtype=acc)
     ckpt = _empty(batch, dim, -(-length // CHUNK) + 1, A.shape[1], dtype=acc)
     if not y.numel():  # L = 0: the final state is the zero initial one
@@ -177,7 +199,7 @@ def fwd(
     else:  # writes every chunk state and the final one
         fn = getattr(library(), f"scan_fwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
-        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)),
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)), _strides(u_, delta_, z_),
            i64(batch), i64(dim), i64(length), i64(A.shape[1]), i64(Bm.shape[1]),
            ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
            _ptr(y), _ptr(ckpt), ctypes.c_int(torch.get_num_threads()))  # fmt: skip
@@ -197,10 +219,9 @@ def bwd(
     def dense(t):
         return None if t is None else t.detach().to(acc).contiguous()
 
-    u_, delta_, A_, D_, z_, bias_, gy, gl, ckpt = map(
-        dense, (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
-    )
-    Bm, Cm = _group_major(B.detach(), acc), _group_major(C.detach(), acc)
+    A_, D_, bias_, gy, gl, ckpt = map(dense, (A, D, delta_bias, grad_y, grad_last, ckpt))
+    u_, delta_, z_ = (_rows(t, acc) for t in (u, delta, z))
+    Bm, Cm = (_group_major(t.detach(), acc, reverse) for t in (B, C))
     du, ddelta = _empty(batch, dim, length, dtype=acc), _empty(batch, dim, length, dtype=acc)
     dz = _empty(batch, dim, length, dtype=acc) if z is not None else None
     dA = torch.zeros(batch, dim, n, dtype=acc)
@@ -209,13 +230,15 @@ def bwd(
     if du.numel():
         fn = getattr(library(), f"scan_bwd_{_suffix(acc)}")
         i64 = ctypes.c_int64
-        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_, ckpt, gy, gl)),
+        fn(*map(_ptr, (u_, delta_, bias_, A_, Bm, Cm, D_, z_)), _strides(u_, delta_, z_),
+           *map(_ptr, (ckpt, gy, gl)),
            i64(batch), i64(dim), i64(length), i64(n), i64(groups),
            ctypes.c_int(int(delta_softplus)), ctypes.c_int(int(reverse)),
            *map(_ptr, (du, ddelta, dz, dA, dD, dbias, dBm, dCm)),
            ctypes.c_int(threads))  # fmt: skip
-    dB = dBm.sum(0).transpose(-1, -2)  # (batch, G, N, L)
-    dC = dCm.sum(0).transpose(-1, -2)
+    dB, dC = (t.sum(0).transpose(-1, -2) for t in (dBm, dCm))  # (batch, G, N, L), scan order
+    if reverse:
+        dB, dC = dB.flip(-1), dC.flip(-1)
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
     return (
@@ -235,31 +258,41 @@ def bwd(
 # are left out.
 
 
-def _group_major_bytes(B: torch.Tensor, acc: torch.dtype) -> int:
-    """Bytes `_group_major(B, acc)` allocates: a dtype copy and/or a transposed copy."""
-    converted = 0 if B.dtype == acc else nbytes(B, acc)
+def _group_major_bytes(B: torch.Tensor, acc: torch.dtype, reverse: bool) -> int:
+    """Bytes `_group_major(B, acc, reverse)` keeps: one copy unless B is already in that layout."""
     BT = (B.unsqueeze(1) if B.dim() == 3 else B).transpose(-1, -2)
-    return converted + (0 if BT.is_contiguous() else nbytes(B, acc))
+    copied = B.dtype != acc or not BT.is_contiguous() or reverse
+    return nbytes(B, acc) if copied else 0
 
 
-def fwd_workspace_bytes(u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags) -> int:
+def _rows_bytes(t: torch.Tensor | None, acc: torch.dtype) -> int:
+    """Bytes `_rows(t, acc)` allocates: a copy only to change the dtype (strides are read as
+    they are)."""
+    return 0 if t is None or t.dtype == acc else nbytes(t, acc)
+
+
+def fwd_workspace_bytes(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False
+) -> int:
     """Bytes `fwd` holds at its peak besides y, the last state and the chunk states."""
     acc = _acc(u)
-    total = sum(copy_bytes(t, acc) for t in (u, delta, A, D, z, delta_bias))
-    total += _group_major_bytes(B, acc) + _group_major_bytes(C, acc)
+    total = sum(copy_bytes(t, acc) for t in (A, D, delta_bias))
+    total += sum(_rows_bytes(t, acc) for t in (u, delta, z))
+    total += _group_major_bytes(B, acc, reverse) + _group_major_bytes(C, acc, reverse)
     return total + (0 if u.dtype == acc else nbytes(u, acc))  # y before its cast
 
 
 def bwd_workspace_bytes(
-    grad_y, grad_last, ckpt, u, delta, A, B, C, D=None, z=None, delta_bias=None, *flags
-) -> int:
+    grad_y, grad_last, ckpt, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+    delta_softplus=False, reverse=False,
+) -> int:  # fmt: skip
     """Bytes `bwd` holds at its peak besides the gradients it returns."""
     acc = _acc(u)
     batch, dim, length = u.shape
     n, groups = A.shape[1], (1 if B.dim() == 3 else B.shape[1])
-    inputs = (u, delta, A, D, z, delta_bias, grad_y, grad_last, ckpt)
-    total = sum(copy_bytes(t, acc) for t in inputs)
-    total += _group_major_bytes(B, acc) + _group_major_bytes(C, acc)
+    total = sum(copy_bytes(t, acc) for t in (A, D, delta_bias, grad_y, grad_last, ckpt))
+    total += sum(_rows_bytes(t, acc) for t in (u, delta, z))
+    total += _group_major_bytes(B, acc, reverse) + _group_major_bytes(C, acc, reverse)
     total += (batch * dim * n + 2 * batch * dim) * acc.itemsize  # dA, dD, dbias per batch
     partial = batch * groups * length * n * acc.itemsize  # one thread's dB (or dC)
     total += 2 * torch.get_num_threads() * partial  # per-thread dB and dC, summed at the end

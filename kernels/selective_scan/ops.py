@@ -163,7 +163,8 @@ def _selective_scan_workspace(u, delta, A, B, C, D, z, delta_bias, delta_softplu
         shifted = delta_softplus or delta_bias is not None
         return plane * (int(shifted) + 1 + 2 * int(D is not None or z is not None))
     formula = getattr(importlib.import_module(_FWD[backend]), "fwd_workspace_bytes", None)
-    return 0 if formula is None else formula(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return 0 if formula is None else formula(*args)
 
 
 @register_workspace_formula(torch.ops.kernels.selective_scan_bwd)
@@ -172,7 +173,8 @@ def _selective_scan_bwd_workspace(grad_y, grad_last, saved, u, delta, A, B, C, D
     formula = getattr(importlib.import_module(_BWD[backend]), "bwd_workspace_bytes", None)
     if formula is None:
         return 0
-    return formula(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias)
+    return formula(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                   reverse)  # fmt: skip
 
 
 @register_flop_formula(torch.ops.kernels.selective_scan_bwd)

@@ -42,6 +42,15 @@ def depthwise_conv1d(
     return F.conv1d(x, weight, bias, groups=weight.shape[0])
 
 
+def project(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(out, in) @ (batch, in, L) -> (batch, out, L) as one batched GEMM, mamba_ssm's layout for
+    the scan. (torch.matmul folds the batch into one GEMM or not depending on the grad mode, which
+    changes the rounding.)"""
+    if x.shape[0] == 1:  # one GEMM; bmm with a stride-0 (expanded) weight is several times slower
+        return torch.mm(weight, x[0]).unsqueeze(0)
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 class BiMambaMixer(nn.Module):
     """Mamba mixer scanning both ways ("bimamba v2"): (batch, L, d) -> (batch, L, d).
 
@@ -98,20 +107,25 @@ class BiMambaMixer(nn.Module):
             dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
     def scan_direction(self, x: torch.Tensor, z: torch.Tensor, backward: bool) -> torch.Tensor:
-        """One direction of the mixer on x, z (batch, Di, L) -> gated y (batch, Di, L)."""
+        """One direction of the mixer on x, z (batch, Di, L) -> gated y (batch, Di, L).
+
+        The projections are computed as W @ x into (batch, channels, L), the scan's layout
+        (mamba_ssm does the same), so no operand of the scan is a transposed copy.
+        """
         s = "_b" if backward else ""
         conv, x_proj, dt_proj = (getattr(self, f"{n}{s}") for n in ("conv1d", "x_proj", "dt_proj"))
         A_log, D = (self.A_b_log, self.D_b) if backward else (self.A_log, self.D)
         x = F.silu(depthwise_conv1d(x, conv.weight, conv.bias, anti_causal=backward))
-        dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], -1)
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (batch, Di, L); bias goes to the scan
+        x_dbl = project(x_proj.weight, x)  # (batch, R + 2N, L)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = project(dt_proj.weight, dt)  # (batch, Di, L); the bias goes to the scan
         A = -torch.exp(A_log.float())  # (Di, N)
         return kernels.selective_scan(
             x,
             dt,
             A,
-            B.transpose(1, 2).contiguous(),  # (batch, N, L)
-            C.transpose(1, 2).contiguous(),
+            B,  # (batch, N, L) views of x_dbl
+            C,
             D=D.float(),
             z=z,
             delta_bias=dt_proj.bias.float(),
@@ -120,7 +134,10 @@ class BiMambaMixer(nn.Module):
         )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # each (batch, Di, L)
+        # in_proj as W @ hidden^T: (batch, 2Di, L), so x and z are views with unit stride along L
+        # that the scan reads in place (a transposed (batch, L, 2Di) output would be copied)
+        xz = project(self.in_proj.weight, hidden.transpose(1, 2))
+        x, z = xz.chunk(2, dim=1)  # each (batch, Di, L)
         y = self.scan_direction(x, z, backward=False)
         if self.bidirectional:
             y = (y + self.scan_direction(x, z, backward=True)) / 2

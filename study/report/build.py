@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from study.report import analysis, memory_check, plots
+from study.report.breakdown import breakdown_section
 from study.report.claims import claims_section
 from study.report.load import load_table, sections, slug
 from study.report.markdown import NOT_RUN, STATUS_TEXT, fmt, md_table, metric_table
@@ -322,6 +323,7 @@ def build_report(
         lines += _noisy(frame)
     lines += _skipped(skipped, results_dir)
     lines += _erf(results_dir)
+    lines += breakdown_section(results_dir, plot_dir)  # issue 11
     report = results_dir / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -1,23 +1,25 @@
-"""C source of the CPU selective scan, built once per machine by `kernels.selective_scan.cpu`.
+/* C source of the CPU selective scan, built once per machine by `kernels.selective_scan.cpu`.
 
-Forward and backward fuse everything: softplus(delta + bias), the scan, the D skip and the SiLU(z)
-gate (PyTorch's separate element-wise passes over (batch, D, L) cost as much as the scan itself).
+   Forward and backward fuse everything: softplus(delta + bias), the scan, the D skip and the SiLU(z)
+   gate (PyTorch's separate element-wise passes over (batch, D, L) cost as much as the scan itself).
 
-One OpenMP task per (batch, group, block of VB channels); inside a task the scan runs in order
-over L with the state h[N][VB] in L1, and the innermost loop runs over the VB channels so that gcc
-vectorises exp through glibc's vector math (libmvec). Inputs and outputs move through tiles of
-SC chunks of K steps x VB channels, read and written in increasing address order. The backward
-takes the state at the start of every K-step chunk from the forward and, NB states at a time,
-recomputes a chunk's decays and states, then walks them backwards: memory is O(batch * D * L)
-plus per-task scratch, never (batch, D, L, N).
+   One OpenMP task per (batch, group, block of VB channels); inside a task the scan runs in order
+   over L with the state h[N][VB] in L1, and the innermost loop runs over the VB channels so that gcc
+   vectorises exp through glibc's vector math (libmvec). Inputs and outputs move through tiles of
+   SC chunks of K steps x VB channels, read and written in increasing address order. The backward
+   takes the state at the start of every K-step chunk from the forward and, NB states at a time,
+   recomputes a chunk's decays and states, then walks them backwards: memory is O(batch * D * L)
+   plus per-task scratch, never (batch, D, L, N).
 
-Layouts (contiguous): u, delta, z, y, gout, du, ddelta, dz (batch, D, L); bias, Dsk (D,);
-A (D, N); Bm, Cm (batch, G, L, N); ckpt (batch, D, ceil(L / K) + 1, N). Partial sums, one per
-task: dA (batch, D, N); dD, dbias (batch, D); per thread: dBm, dCm (threads, batch, G, L, N).
-The Python side includes the source twice, with REAL/EXP/LOG1P/FN set for float, then double.
-"""
-
-SOURCE = r"""
+   Layouts. u, delta, z (batch, D, L) with any strides (`st`: u, delta, z, each (batch, channel,
+   step) in elements): the views the models hold (a chunk of in_proj's output, a transposed
+   projection, a channels-last map) are read in place; unit stride along L is the fast path,
+   unit channel stride (channels-last) reads each step's channels at once. Contiguous: y, gout, du, ddelta,
+   dz (batch, D, L); bias, Dsk (D,); A (D, N); ckpt (batch, D, ceil(L / K) + 1, N); Bm, Cm
+   (batch, G, L, N) in *scan order* (the Python side stores them flipped for a reverse scan, so
+   both directions read them, and write dBm and dCm, upwards). Partial sums, one per task: dA
+   (batch, D, N); dD, dbias (batch, D); per thread: dBm, dCm (threads, batch, G, L, N).
+   `cpu.py` includes this file twice, with REAL/EXP/LOG1P/FN set for float, then double. */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -36,7 +38,10 @@ SOURCE = r"""
     const int nv = (int)((Dg - blk * VB) < VB ? (Dg - blk * VB) : VB);                \
     const int64_t base = (b * D + d0) * L;                                            \
     const REAL* Bg = Bm + (b * G + g) * L * N;                                        \
-    const REAL* Cg = Cm + (b * G + g) * L * N;
+    const REAL* Cg = Cm + (b * G + g) * L * N;                                        \
+    const REAL* u_row = u + b * st[0] + d0 * st[1];                                   \
+    const REAL* dl_row = dl + b * st[3] + d0 * st[4];                                 \
+    const REAL* z_row = z ? z + b * st[6] + d0 * st[7] : NULL;
 
 static inline void FN(load_A)(const REAL* A, int64_t d0, int64_t N, int nv, REAL (*a)[VB]) {
     for (int64_t n = 0; n < N; n++)
@@ -88,10 +93,6 @@ static inline void FN(transpose16)(FN(vec)* x) {
 #undef SWAP_BLOCKS
 }
 
-static inline FN(vec) FN(reversed)(FN(vec) x) {
-    const FN(ivec) rev = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
-    return __builtin_shuffle(x, rev);
-}
 #endif
 
 /* Tiles of steps x VB channels, so the (batch, D, L) rows are read and written contiguously
@@ -102,14 +103,25 @@ static inline FN(vec) FN(reversed)(FN(vec) x) {
 #define SC 8
 #define T_OF(i) (reverse ? L - 1 - (s0 + (i)) : s0 + (i))
 
-/* tile[i] <- steps s0 + i of the VB rows (in scan order), i < len; padding (steps up to a whole
-   chunk past len, lanes from nv) is 0. */
-static inline void FN(tile_in)(const REAL* src, int64_t base, int64_t L, int nv, int64_t s0,
-                               int64_t len, int reverse, REAL (*tile)[VB]) {
+/* tile[i] <- steps s0 + i of the VB rows (in scan order), i < len; element (v, t) at
+   src[v * ld + t * sl]. Padding (steps up to a whole chunk past len, lanes from nv) is 0. */
+static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t sl, int64_t L, int nv,
+                               int64_t s0, int64_t len, int reverse, REAL (*tile)[VB]) {
     const int64_t rows = (len + K - 1) / K * K;
     for (int64_t i = 0; i < rows; i++)
         for (int v = 0; v < VB; v++) tile[i][v] = 0;
     if (!src) return;
+    if (sl != 1) {  /* e.g. a channels-last map (ld == 1): a step's channels are one row */
+        for (int64_t i = 0; i < len; i++) {
+            const REAL* p = src + T_OF(i) * sl;
+            if (ld == 1) {
+                memcpy(tile[i], p, nv * sizeof(REAL));
+            } else {
+                for (int v = 0; v < nv; v++) tile[i][v] = p[v * ld];
+            }
+        }
+        return;
+    }
     int64_t done = 0;  /* steps copied by the 16 x 16 blocks (a prefix in scan order) */
 #if VB == 16
     if (nv == 16) {  /* 16 x 16 blocks transposed in registers, in increasing address order */
@@ -118,21 +130,19 @@ static inline void FN(tile_in)(const REAL* src, int64_t base, int64_t L, int nv,
             const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
             const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
             FN(vec) x[16];
-            for (int v = 0; v < 16; v++) {
-                memcpy(&x[v], src + base + v * L + t0, sizeof(x[v]));
-                if (reverse) x[v] = FN(reversed)(x[v]);
-            }
-            FN(transpose16)(x);
-            for (int r = 0; r < 16; r++) memcpy(tile[k + r], &x[r], sizeof(x[r]));
+            for (int v = 0; v < 16; v++) memcpy(&x[v], src + v * ld + t0, sizeof(x[v]));
+            FN(transpose16)(x);  /* x[r]: step t0 + r of the 16 rows */
+            for (int r = 0; r < 16; r++)  /* reversed: scan step k + 15 - r */
+                memcpy(tile[k + (reverse ? 15 - r : r)], &x[r], sizeof(x[r]));
         }
         done = 16 * nfull;
     }
 #endif
     for (int v = 0; v < nv; v++)
-        for (int64_t i = done; i < len; i++) tile[i][v] = src[base + v * L + T_OF(i)];
+        for (int64_t i = done; i < len; i++) tile[i][v] = src[v * ld + T_OF(i)];
 }
 
-static inline void FN(tile_out)(REAL* dst, int64_t base, int64_t L, int nv, int64_t s0,
+static inline void FN(tile_out)(REAL* dst, int64_t ld, int64_t L, int nv, int64_t s0,
                                 int64_t len, int reverse, REAL (*tile)[VB]) {
     if (!dst) return;
     int64_t done = 0;
@@ -143,18 +153,16 @@ static inline void FN(tile_out)(REAL* dst, int64_t base, int64_t L, int nv, int6
             const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
             const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
             FN(vec) x[16];
-            for (int r = 0; r < 16; r++) memcpy(&x[r], tile[k + r], sizeof(x[r]));
+            for (int r = 0; r < 16; r++)
+                memcpy(&x[r], tile[k + (reverse ? 15 - r : r)], sizeof(x[r]));
             FN(transpose16)(x);
-            for (int v = 0; v < 16; v++) {
-                if (reverse) x[v] = FN(reversed)(x[v]);
-                memcpy(dst + base + v * L + t0, &x[v], sizeof(x[v]));
-            }
+            for (int v = 0; v < 16; v++) memcpy(dst + v * ld + t0, &x[v], sizeof(x[v]));
         }
         done = 16 * nfull;
     }
 #endif
     for (int v = 0; v < nv; v++)
-        for (int64_t i = done; i < len; i++) dst[base + v * L + T_OF(i)] = tile[i][v];
+        for (int64_t i = done; i < len; i++) dst[v * ld + T_OF(i)] = tile[i][v];
 }
 
 /* r = delta + bias; dt <- softplus(r) (or r), 0 on padded lanes; raw <- d dt / d delta, which the
@@ -188,8 +196,8 @@ static inline void FN(tile_dt)(REAL (*raw)[VB], REAL (*dt)[VB], const REAL* bv, 
 /* Forward with softplus(delta + bias), the D skip and the SiLU(z) gate fused (vectorised over
    the VB channels: per step they cost 1/N of the state update). */
 void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A, const REAL* Bm,
-                  const REAL* Cm, const REAL* Dsk, const REAL* z, int64_t Bt, int64_t D,
-                  int64_t L, int64_t N, int64_t G, int softplus, int reverse, REAL* y,
+                  const REAL* Cm, const REAL* Dsk, const REAL* z, const int64_t* st, int64_t Bt,
+                  int64_t D, int64_t L, int64_t N, int64_t G, int softplus, int reverse, REAL* y,
                   REAL* ckpt, int nthreads) {
     const int64_t Dg = D / G, nblk = (Dg + VB - 1) / VB, ntask = Bt * G * nblk;
     const int64_t nchunk = (L + K - 1) / K, SK = SC * K;
@@ -204,16 +212,16 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = 0; cs < nchunk; cs += SC) {  /* one span of SC chunks */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u, base, L, nv, s0, slen, reverse, ut);
-            FN(tile_in)(dl, base, L, nv, s0, slen, reverse, rawt);
-            FN(tile_in)(z, base, L, nv, s0, slen, reverse, zt);
+            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, ut);
+            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, rawt);
+            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, zt);
             FN(tile_dt)(rawt, dtt, bv, softplus, nv, (ce - cs) * K);
             for (int64_t c = cs; c < ce; c++) {
                 for (int64_t n = 0; n < N; n++)  /* the state before chunk c, for the backward */
                     for (int v = 0; v < nv; v++) *CKPT(c) = h[n][v];
                 const int64_t i0 = (c - cs) * K, i1 = i0 + ((L - c * K) < K ? (L - c * K) : K);
                 for (int64_t i = i0; i < i1; i++) {
-                    const int64_t t = T_OF(i);
+                    const int64_t t = s0 + i;  /* the step in scan order: B and C are stored so */
                     REAL acc[VB];
                     FN(step)(h, a, dtt[i], ut[i], Bg + t * N, N);
                     const REAL* Cs = Cg + t * N;
@@ -231,7 +239,7 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
                     }
                 }
             }
-            FN(tile_out)(y, base, L, nv, s0, slen, reverse, yt);
+            FN(tile_out)(y + base, L, L, nv, s0, slen, reverse, yt);
         }
         for (int64_t n = 0; n < N; n++)  /* last slot: the final state */
             for (int v = 0; v < nv; v++) *CKPT(nchunk) = h[n][v];
@@ -282,7 +290,7 @@ typedef struct {
    block also gates the output gradient (and sums dD), the last one finishes du, ddelta and dz. */
 static inline __attribute__((always_inline)) void FN(walk)(
     const int first, const int last, const int nn, int64_t n0, int64_t i0, int64_t len,
-    int64_t s0, int64_t L, int64_t N, int reverse, int has_z, const REAL* Bg, const REAL* Cg,
+    int64_t s0, int64_t N, int has_z, const REAL* Bg, const REAL* Cg,
     REAL (*es)[NB][VB], REAL (*hs)[NB][VB], REAL (*h0)[VB], REAL (*a)[VB], REAL (*gh)[VB],
     REAL (*dA)[VB],
     const FN(tiles)* tl, const REAL* dv, int nv, REAL* dD, REAL* dbias, REAL* dBg, REAL* dCg) {
@@ -295,7 +303,7 @@ static inline __attribute__((always_inline)) void FN(walk)(
     memcpy(&dDv, dD, sizeof(dDv));
     memcpy(&dbv, dbias, sizeof(dbv));
     for (int64_t k = len - 1; k >= 0; k--) {
-        const int64_t i = i0 + k, t = T_OF(i);
+        const int64_t i = i0 + k, t = s0 + i; /* scan order, as B and C are stored */
         const REAL* Bs = Bg + t * N + n0;
         const REAL* Cs = Cg + t * N + n0;
         FN(vec) gy, dt, uu, sddt = {0}, ssb = {0}, sys = {0}, pb[NB], pc[NB];
@@ -383,8 +391,9 @@ static inline __attribute__((always_inline)) void FN(walk)(
    inside a span walked downwards. Partial sums per task: dA (batch, D, N), dD and dbias (batch,
    D); per thread: dBm and dCm (threads, batch, G, L, N). */
 void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A, const REAL* Bm,
-                  const REAL* Cm, const REAL* Dsk, const REAL* z, const REAL* ckpt,
-                  const REAL* gout, const REAL* glast, int64_t Bt, int64_t D, int64_t L,
+                  const REAL* Cm, const REAL* Dsk, const REAL* z, const int64_t* st,
+                  const REAL* ckpt, const REAL* gout, const REAL* glast, int64_t Bt, int64_t D,
+                  int64_t L,
                   int64_t N, int64_t G, int softplus, int reverse, REAL* du_out,
                   REAL* ddl_out, REAL* dz_out, REAL* dA_out, REAL* dD_out, REAL* dbias_out,
                   REAL* dBm, REAL* dCm, int nthreads) {
@@ -416,10 +425,10 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = (nchunk - 1) / SC * SC; cs >= 0; cs -= SC) {  /* spans, downwards */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u, base, L, nv, s0, slen, reverse, tl.u);
-            FN(tile_in)(dl, base, L, nv, s0, slen, reverse, tl.raw);
-            FN(tile_in)(z, base, L, nv, s0, slen, reverse, tl.z);
-            FN(tile_in)(gout, base, L, nv, s0, slen, reverse, tl.g);
+            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, tl.u);
+            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, tl.raw);
+            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, tl.z);
+            FN(tile_in)(gout + base, L, 1, L, nv, s0, slen, reverse, tl.g);
             FN(tile_dt)(tl.raw, tl.dt, bv, softplus, nv, (ce - cs) * K);
             for (int64_t c = ce - 1; c >= cs; c--) {  /* chunks of the span, downwards */
                 const int64_t i0 = (c - cs) * K, len = (L - c * K) < K ? (L - c * K) : K;
@@ -429,7 +438,7 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
                     const int nn = (N - n0) < NB ? (int)(N - n0) : NB;
                     for (int64_t k = 0; k < len; k++) {  /* the block's decays and states again */
                         const int64_t i = i0 + k;
-                        const REAL* Bs = Bg + T_OF(i) * N + n0;
+                        const REAL* Bs = Bg + (s0 + i) * N + n0;
                         REAL dtl[VB] __attribute__((aligned(64)));
                         REAL dtu[VB] __attribute__((aligned(64)));
                         #pragma omp simd
@@ -450,7 +459,7 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
                         }
                     }
                     const int first = n0 == 0, last = n0 + NB >= N;
-#define WALK(F, LAST, NN) FN(walk)(F, LAST, NN, n0, i0, len, s0, L, N, reverse, z != NULL, Bg, \
+#define WALK(F, LAST, NN) FN(walk)(F, LAST, NN, n0, i0, len, s0, N, z != NULL, Bg, \
                                    Cg, es, hs, h0, a, gh, dA, &tl, dv, nv, dD, dbias, dBg, \
                                    dCg)
                     if (nn == NB) {
@@ -467,9 +476,9 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
 #undef WALK
                 }
             }
-            FN(tile_out)(du_out, base, L, nv, s0, slen, reverse, tl.du);
-            FN(tile_out)(ddl_out, base, L, nv, s0, slen, reverse, tl.ddt);
-            if (z) FN(tile_out)(dz_out, base, L, nv, s0, slen, reverse, tl.dz);
+            FN(tile_out)(du_out + base, L, L, nv, s0, slen, reverse, tl.du);
+            FN(tile_out)(ddl_out + base, L, L, nv, s0, slen, reverse, tl.ddt);
+            if (z) FN(tile_out)(dz_out + base, L, L, nv, s0, slen, reverse, tl.dz);
         }
         for (int64_t n = 0; n < N; n++)
             for (int v = 0; v < nv; v++) dA_out[(b * D + d0 + v) * N + n] = dA[n][v];
@@ -482,4 +491,3 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
 }
 #undef NB
 #undef SC
-"""
