@@ -85,6 +85,8 @@ ZOO = [
     ],  # fmt: skip
 ]
 QUICK_SHAPES = ("vim_small", "vmamba_tiny_stage0")
+# one shape per (d_state, flags): --write compiles every candidate at these to build the table
+TABLE_SHAPES = ("vim_small", "vim_small_d_state_64", "vmamba_tiny_stage0", "vmamba_d16_stage0")
 
 
 @dataclass
@@ -187,7 +189,9 @@ def _bind(fn, args: tuple, kwargs: dict, arch: int) -> tuple:
 def scan_jobs(
     shapes: list[ScanShape], dtypes: list[str], archs: list[int], quick: bool, which: str = "all"
 ) -> list:
-    """Jobs for the scan launches: "tuned" (one-pass), "fixed" (the default-config ones) or all."""
+    """Jobs for the scan launches: "tuned" (one-pass), "fixed" (the default-config ones) or all.
+
+    `quick`: the tuned launches with only the configs the table leaves to the autotuner."""
     jobs = []
     for s in shapes:
         for dname in dtypes:
@@ -217,10 +221,10 @@ def scan_jobs(
     return jobs
 
 
-def cross_jobs(dtypes: list[str], archs: list[int]) -> list:
+def cross_jobs(dtypes: list[str], archs: list[int], first_stage_only: bool = False) -> list:
     """Cross-scan and cross-merge at each VMamba stage, contiguous and channels_last."""
     jobs = []
-    for dims in (96, 192, 384, 768, 128, 256, 512, 1024):
+    for dims in (96,) if first_stage_only else (96, 192, 384, 768, 128, 256, 512, 1024):
         side = 56 * 96 // dims if dims in (96, 192, 384, 768) else 56 * 128 // dims
         for dname in dtypes:
             dtype = DTYPES[dname]
@@ -329,9 +333,18 @@ def new_table(results: list[tuple[Job, dict]]) -> dict[str, int]:
 
 
 def write_table(results: list[tuple[Job, dict]], archs: list[int], dtypes: list[str]) -> None:
+    """Merge this run's spill bytes into the table (a run per dtype keeps each under a while)."""
+    old = (
+        json.loads(triton_configs.SPILLS_PATH.read_text())
+        if triton_configs.SPILLS_PATH.exists()
+        else {}
+    )
+    spills = {**old.get("spill_bytes", {}), **new_table(results)}
     payload = {"written_by": "python -m kernels.compile_check --write",
-               "triton": triton.__version__, "archs": archs, "dtypes": dtypes,
-               "spill_bytes": new_table(results)}  # fmt: skip
+               "triton": triton.__version__,
+               "archs": sorted(set(old.get("archs", [])) | set(archs)),
+               "dtypes": sorted(set(old.get("dtypes", [])) | set(dtypes)),
+               "spill_bytes": dict(sorted(spills.items()))}  # fmt: skip
     triton_configs.SPILLS_PATH.write_text(json.dumps(payload, indent=1) + "\n")
     triton_configs.spill_table.cache_clear()
 
@@ -343,20 +356,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="sm_90, float32, two shapes")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     table = triton_configs.SPILLS_PATH.name
-    parser.add_argument("--write", action="store_true", help=f"rewrite {table} from this run")
+    parser.add_argument("--write", action="store_true",
+                        help=f"compile every candidate at one shape per d_state and flags, "
+                             f"rewrite {table}")  # fmt: skip
     args = parser.parse_args(argv)
     shapes, archs, dtypes = ZOO, args.archs, args.dtypes
     if args.quick:
         shapes = [s for s in ZOO if s.name in QUICK_SHAPES]
         archs, dtypes = [90], ["float32"]
-    if args.write:  # the untimed defaults come from the table: write it from the tuned run first
+    if args.write:  # every candidate at one shape per (d_state, flags), then the defaults
+        shapes = [s for s in ZOO if s.name in TABLE_SHAPES]
         results = run(scan_jobs(shapes, dtypes, archs, False, "tuned"), args.jobs)
         write_table(results, archs, dtypes)
         results += run(scan_jobs(shapes, dtypes, archs, False, "fixed"), args.jobs)
-    else:
-        results = run(scan_jobs(shapes, dtypes, archs, args.quick), args.jobs)
+    else:  # what the launcher can choose, at every shape
+        results = run(scan_jobs(shapes, dtypes, archs, True), args.jobs)
+        if not args.quick:
+            results += run(scan_jobs(shapes, dtypes, archs, False, "fixed"), args.jobs)
     if not args.quick:
-        results += run(cross_jobs(dtypes, archs), args.jobs)
+        results += run(cross_jobs(dtypes, archs, args.write), args.jobs)
     if args.write:
         write_table(results, archs, dtypes)
     print("\n".join(table_rows(results)))
