@@ -51,6 +51,19 @@ def test_every_zoo_key_keeps_a_config_and_the_table_prunes_spills(kernel, n, dty
         assert (triton_configs._params(cfg) in keep) == (table[key] == 0), key
 
 
+@pytest.mark.parametrize(
+    "kind", ["fwd_split", "bwd_split", "bwd_deterministic", "bwd_split_deterministic"]
+)
+@pytest.mark.parametrize("n", [1, 16, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_untimed_launches_use_a_default_checked_without_spills(kind, n, dtype):
+    cfg = triton_configs.default_config(kind, n, dtype)
+    bn = triton_configs.block_n(n)
+    table = triton_configs.spill_table()
+    assert table.get(triton_configs.config_key(kind, bn, dtype, cfg)) == 0
+    assert table.get(triton_configs.config_key(kind.split("_")[0], bn, dtype, cfg)) == 0
+
+
 def test_autotuner_prune_drops_the_spilling_configs():
     prune = triton_configs._prune("bwd")
     configs = triton_configs.candidates(16)

@@ -256,7 +256,8 @@ def bwd(grad_y, grad_last, states, u, delta, A, B, C, D=None, z=None, delta_bias
     dA, dB, dC = zeros(dim, n), zeros(*B_.shape), zeros(*C_.shape)
     dD, dbias = zeros(dim), zeros(dim)
     if du.numel():
-        meta = triton_configs.launch_meta("bwd", dim_group, n, u.dtype, deterministic)
+        det = "_deterministic" if deterministic else ""
+        meta = triton_configs.launch_meta("bwd" + det, dim_group, n, u.dtype, deterministic)
         block_d = triton_configs.split_block_d("bwd", n, u.dtype, meta)
         nblocks = triton.cdiv(dim_group, block_d)
         target = triton_configs.programs_to_fill(dev)
@@ -264,7 +265,7 @@ def bwd(grad_y, grad_last, states, u, delta, A, B, C, D=None, z=None, delta_bias
         cps = triton.cdiv(nchunk, nseg)
         nseg = triton.cdiv(nchunk, cps)
         if nseg > 1:  # the split passes run the untimed default config
-            meta = triton_configs.launch_meta("bwd", dim_group, n, u.dtype, fixed=True)
+            meta = triton_configs.launch_meta("bwd_split" + det, dim_group, n, u.dtype, fixed=True)
             nblocks = triton.cdiv(dim_group, meta["BLOCK_D"])
         flags = scan_flags(n, D, z, delta_bias, delta_softplus, reverse)
         sizes = (length, n, dim, dim_group, nchunk, nseg, cps, batch)

@@ -1,7 +1,7 @@
 """Launch configurations of the Triton scan: candidates, spill pruning, autotuning, defaults.
 
-Candidates: (BLOCK_L, BLOCK_D) so that the (BLOCK_L, BLOCK_D, BLOCK_N) tile holds 4096, 2048 or
-1024 elements (BLOCK_L = 64 where BLOCK_D >= 1 allows it, else 32 or 16), times num_warps in
+Candidates: (BLOCK_L, BLOCK_D) so that the (BLOCK_L, BLOCK_D, BLOCK_N) tile holds 4096, 2048,
+1024 or 512 elements (BLOCK_L = 64 where BLOCK_D >= 1 allows it, else 32 or 16), times num_warps in
 {4, 8} and NUM_STAGES (see there). `python -m kernels.compile_check --write`
 compiles every candidate for sm_80 and sm_90 at the zoo's shapes and writes the spill bytes ptxas
 reports into `triton_spills.json` beside this file; a candidate that spilled anywhere is pruned
@@ -24,7 +24,12 @@ import triton
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SPILLS_PATH = Path(__file__).with_name("triton_spills.json")
 CHUNK_L = 64  # the tile's sequence length: ops.CHUNK (not imported: this module stays leaf)
-TILE_SIZES = (4096, 2048, 1024)  # elements of the (BLOCK_L, BLOCK_D, BLOCK_N) tile, by preference
+TILE_SIZES = (
+    4096,
+    2048,
+    1024,
+    512,
+)  # elements of the (BLOCK_L, BLOCK_D, BLOCK_N) tile, by preference
 NUM_WARPS = (4, 8)
 # num_stages: measured to change nothing here (identical registers, spills and shared memory at
 # 1 and 2 for all 24 config pairs of `compile_check --quick` on sm_90: the tile loop's loads are
@@ -65,7 +70,11 @@ def _params(cfg: triton.Config) -> tuple[int, int, int, int]:
 
 
 def config_key(kernel: str, bn: int, dtype: torch.dtype | str, cfg: triton.Config) -> str:
-    """The spill table's key: kernel/dtype/BLOCK_N/BLOCK_L/BLOCK_D/warps/stages."""
+    """The spill table's key: kind/dtype/BLOCK_N/BLOCK_L/BLOCK_D/warps/stages.
+
+    kind: "fwd" or "bwd" (the one-pass launch the autotuner times), or a fixed launch:
+    "fwd_split", "bwd_split" (summary and full passes), "bwd_deterministic",
+    "bwd_split_deterministic"."""
     name = str(dtype).removeprefix("torch.")
     block_l, block_d, warps, stages = _params(cfg)
     return f"{kernel}/{name}/N{bn}/L{block_l}/D{block_d}/w{warps}/s{stages}"
@@ -85,9 +94,15 @@ def _table_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def launchable(kernel: str, n: int, dtype: torch.dtype) -> list[triton.Config]:
-    """Candidates for (kernel, n, dtype) that did not spill in the compile check."""
+    """Candidates for (kind, n, dtype) that did not spill in the compile check: a fixed kind
+    keeps those of its one-pass kernel that did not spill in its own launches either."""
     table, bn, dtype = spill_table(), block_n(n), _table_dtype(dtype)
-    keep = [c for c in candidates(n) if table.get(config_key(kernel, bn, dtype, c), 0) == 0]
+    kinds = {kernel.split("_")[0], kernel}
+
+    def clean(c: triton.Config) -> bool:
+        return all(table.get(config_key(k, bn, dtype, c), 0) == 0 for k in kinds)
+
+    keep = [c for c in candidates(n) if clean(c)]
     if not keep:
         raise RuntimeError(
             f"every {kernel} config spills at d_state={n}, {dtype}: see compile_check"

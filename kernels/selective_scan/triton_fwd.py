@@ -227,7 +227,7 @@ def fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
         cps = triton.cdiv(nchunk, nseg)
         nseg = triton.cdiv(nchunk, cps)
         if nseg > 1:  # the split passes run the untimed default config
-            meta = triton_configs.launch_meta("fwd", dim_group, n, u.dtype, fixed=True)
+            meta = triton_configs.launch_meta("fwd_split", dim_group, n, u.dtype, fixed=True)
         flags = scan_flags(n, D, z, delta_bias, delta_softplus, reverse)
         sizes = (length, n, dim, dim_group, nchunk, nseg, cps)
         ins = (u, delta, A, B, C, D, z, delta_bias)
