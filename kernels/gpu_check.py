@@ -1,13 +1,18 @@
 """GPU check: the compiled Triton kernels against the references, then the benchmark.
 
-    python3 -m kernels.gpu_check [--skip-bench] [--img-sizes 224 512 1024 1248]
+    python3 -m kernels.gpu_check [--skip-bench] [--allow-skips] [--img-sizes 224 512 1024 1248]
 
 Needs a CUDA GPU with torch and triton; nothing else (no pytest, hydra or fvcore): each check is a
-plain function that raises AssertionError, run here one by one (tests/test_kernels_gpu.py runs the
-same functions under pytest with the `gpu` marker). The interpreter must be off, so
+plain function that raises AssertionError on a wrong result, or `Skip` when it cannot run (a
+missing package), run here one by one (tests/test_kernels_gpu.py runs the same functions under
+pytest with the `gpu` marker, where `Skip` is a pytest skip). The interpreter must be off, so
 TRITON_INTERPRET is removed from the environment before any kernel is imported. Prints one line
-per check, writes results/gpu_check_<device>.txt and results/kernels_<device>.csv (the benchmark),
-and exits non-zero if a check failed.
+per check and one summary table at the end, writes results/gpu_check_<device>.txt and
+results/kernels_<device>.csv (the benchmark), and exits non-zero if a check failed, or was
+skipped unless --allow-skips: a check that did not run has not passed.
+
+Sized for one H200 in under 8 minutes with the benchmark: the checks take well under a minute
+of GPU time (the first call of each kernel autotunes it); `--img-sizes` trims the benchmark.
 """
 
 import os
@@ -33,6 +38,10 @@ from kernels.testing import (  # noqa: E402
 )
 
 CUDA = torch.device("cuda")
+
+
+class Skip(Exception):  # noqa: N818 (a check's outcome, not an error)
+    """A check that could not run: reported as SKIP, and fails the run unless allowed."""
 
 
 def _run(x: dict, backend: str, reverse: bool, grad_y: torch.Tensor | None = None):
@@ -125,8 +134,8 @@ def check_cross_scan_and_merge() -> str:
 def check_against_mamba_ssm() -> str:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError:
-        return "skipped: mamba_ssm not importable"
+    except ImportError as err:
+        raise Skip(f"mamba_ssm not importable ({err})") from err
     x = make_scan_inputs(2, 384, 16, 1025, device=CUDA)
     ours = kernels.selective_scan(**x, delta_softplus=True, backend="triton")
     theirs = selective_scan_fn(**x, delta_softplus=True)
@@ -135,8 +144,55 @@ def check_against_mamba_ssm() -> str:
     return f"relative difference to mamba_ssm {err:.1e}"
 
 
+def check_vim_layout_strided_in_place() -> str:
+    """Vim-S's real layout (delta, B, C transposed views of (batch, L, .)) against the CPU path."""
+    x = make_scan_inputs(2, 768, 16, 197)
+    x["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    x["B"] = x["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    x["C"] = x["C"].transpose(1, 2).contiguous().transpose(1, 2)
+    want = _run(x, "cpu", False)
+    got = _run(_to(x, CUDA), "triton", False, grad_y=want[3].to(CUDA))
+    return _compare(got[:3], want[:3], 1e-4, 1e-3)
+
+
+def check_small_batch_splits_the_sequence() -> str:
+    """VMamba-T stage 0 at batch 1 (12 programs): the split path, chosen automatically."""
+    from kernels.selective_scan import triton_fwd
+
+    seen = []
+    real = triton_fwd.pass_states
+    triton_fwd.pass_states = lambda *a: seen.append(a[1].shape[1]) or real(*a)
+    try:
+        x = make_scan_inputs(1, 4 * 96, 1, 56 * 56, groups=4)
+        x["z"] = None
+        want = _run(x, "cpu", False)
+        got = _run(_to(x, CUDA), "triton", False, grad_y=want[3].to(CUDA))
+    finally:
+        triton_fwd.pass_states = real
+    assert seen, "the split path was not taken at batch 1"
+    return f"{seen[0]} segments; " + _compare(got[:3], want[:3], 1e-4, 1e-3)
+
+
+def check_deterministic_repeats_bit_for_bit() -> str:
+    """deterministic=True: two backward passes give identical gradients (and match atomics)."""
+    x = make_scan_inputs(4, 384, 16, 1025, groups=2, device=CUDA)
+    leaves = {k: v.requires_grad_() for k, v in x.items() if v is not None}
+    grad_y = torch.randn(4, 384, 1025, device=CUDA)
+    runs = []
+    for det in (True, True, False):
+        y = kernels.selective_scan(**x, delta_softplus=True, backend="triton", deterministic=det)
+        runs.append(torch.autograd.grad(y, list(leaves.values()), grad_y))
+    for name, a, b, c in zip(leaves, *runs, strict=True):
+        assert torch.equal(a, b), f"d{name} differs between two deterministic runs"
+        assert rel_err(a, c) < 1e-5, f"d{name}: deterministic vs atomic {rel_err(a, c):.1e}"
+    return "bitwise equal over two runs; matches the atomic sums"
+
+
 CHECKS = [
     check_vim_layer_at_224_against_float64_reference,
+    check_vim_layout_strided_in_place,
+    check_small_batch_splits_the_sequence,
+    check_deterministic_repeats_bit_for_bit,
     check_vim_small_at_1248_against_cpu_backend,
     check_vmamba_stage_grouped_d_state_1,
     check_bfloat16_inputs,
@@ -154,6 +210,8 @@ def device_label() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--allow-skips", action="store_true",
+                        help="exit 0 even if a check was skipped (still reported)")  # fmt: skip
     parser.add_argument("--img-sizes", type=int, nargs="+", default=[224, 512, 1024, 1248])
     parser.add_argument("--out-dir", default="results")
     args = parser.parse_args(argv)
@@ -161,27 +219,55 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device: nothing to check")
         return 1
     label = device_label()
-    lines, failed = [f"device: {torch.cuda.get_device_name(CUDA)}"], 0
-    for check in CHECKS:
-        start = time.perf_counter()
-        try:
-            note = check()
-            status = "PASS"
-        except Exception as err:  # report every check, then fail at the end
-            note, status = f"{type(err).__name__}: {err}", "FAIL"
-            failed += 1
-            traceback.print_exc()
-        lines.append(f"{status} {check.__name__} ({time.perf_counter() - start:.1f} s): {note}")
-        print(lines[-1], flush=True)
+    rows = run_checks(CHECKS)
+    lines = [f"device: {torch.cuda.get_device_name(CUDA)}"]
+    lines += [f"{status} {name} ({sec:.1f} s): {note}" for name, status, sec, note in rows]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"gpu_check_{label}.txt").write_text("\n".join(lines) + "\n")
+    (out / f"gpu_check_{label}.txt").write_text("\n".join(lines + summary(rows)) + "\n")
     if not args.skip_bench:
         from kernels import bench
 
         bench.main(["--device", "cuda", "--label", label, "--out-dir", str(out),
                     "--img-sizes", *map(str, args.img_sizes)])  # fmt: skip
-    return 1 if failed else 0
+    print("\n".join(summary(rows)))
+    return exit_code(rows, args.allow_skips)
+
+
+def run_checks(checks) -> list[tuple[str, str, float, str]]:
+    """(name, PASS / FAIL / SKIP, seconds, note) per check; every check runs whatever fails."""
+    rows = []
+    for check in checks:
+        start = time.perf_counter()
+        try:
+            note, status = check(), "PASS"
+        except Skip as err:
+            note, status = str(err), "SKIP"
+        except Exception as err:  # report every check, then fail at the end
+            note, status = f"{type(err).__name__}: {err}", "FAIL"
+            traceback.print_exc()
+        rows.append((check.__name__, status, time.perf_counter() - start, note))
+        print(f"{status} {check.__name__} ({rows[-1][2]:.1f} s): {note}", flush=True)
+    return rows
+
+
+def exit_code(rows: list[tuple[str, str, float, str]], allow_skips: bool) -> int:
+    """1 if a check failed, or was skipped and skips are not allowed; else 0."""
+    statuses = [status for _, status, _, _ in rows]
+    if "SKIP" in statuses and not allow_skips:
+        print(f"{statuses.count('SKIP')} check(s) skipped: exit 1 (--allow-skips accepts them)")
+    return 1 if "FAIL" in statuses or ("SKIP" in statuses and not allow_skips) else 0
+
+
+def summary(rows: list[tuple[str, str, float, str]]) -> list[str]:
+    """One table: check, status, seconds, then the totals."""
+    width = max(len(name) for name, *_ in rows)
+    out = ["", f"{'check':<{width}}  status  seconds"]
+    out += [f"{name:<{width}}  {status:<6}  {sec:7.1f}" for name, status, sec, _ in rows]
+    counts = {s: sum(r[1] == s for r in rows) for s in ("PASS", "FAIL", "SKIP")}
+    out.append(", ".join(f"{n} {s.lower()}" for s, n in counts.items()) +
+               f"; {sum(r[2] for r in rows):.0f} s")  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ def _through_op(backend: str) -> Callable:
     """An implementation with the signature of `selective_scan_ref` that runs the custom op."""
 
     def impl(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-             reverse=False, return_last_state=False):  # fmt: skip
+             reverse=False, return_last_state=False, deterministic=False):  # fmt: skip
         if backend != "reference":
             B, C = _same_groups(B, C)
         y, last, _ = selective_scan_op(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend, deterministic
         )
         return (y, last) if return_last_state else y
 
@@ -123,6 +123,7 @@ def selective_scan(
     reverse: bool = False,
     return_last_state: bool = False,
     backend: Backend = "auto",
+    deterministic: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with mamba_ssm's `selective_scan_fn` semantics.
 
@@ -136,10 +137,13 @@ def selective_scan(
         reverse: scan from the last token to the first (no flipped copies needed by the caller).
         return_last_state: also return the final state (batch, D, N) in float32/float64.
         backend: "auto" (fastest for the device), "reference", or a registered fast backend.
+        deterministic: gradients bit-identical from run to run (the Triton backward then sums
+            dB and dC in two stages instead of with atomics; other backends always are).
 
     Returns:
         y (batch, D, L) in u's dtype, and the last state when asked.
     """
     check_shapes(u, delta, A, B, C, D, z, delta_bias)
     impl = BACKENDS[resolve_backend(backend, u.device)]
-    return impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, return_last_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, return_last_state)
+    return impl(*args, deterministic=deterministic) if deterministic else impl(*args)

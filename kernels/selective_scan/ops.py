@@ -50,6 +50,7 @@ def selective_scan_op(
     delta_softplus: bool,
     reverse: bool,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Shapes as in `kernels.selective_scan`; returns (y, last_state, saved), see the module doc."""
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -61,7 +62,7 @@ def selective_scan_op(
 
 
 @selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend, deterministic=False):
     batch, dim, length = u.shape
     acc = _state_dtype(u)
     last = u.new_empty(batch, dim, A.shape[1], dtype=acc)
@@ -85,16 +86,20 @@ def selective_scan_bwd_op(
     delta_softplus: bool,
     reverse: bool,
     backend: str,
+    deterministic: bool = False,
 ) -> list[Tensor]:
-    """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]; absent inputs get empty ones."""
+    """Gradients [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]; absent inputs get empty ones.
+
+    `deterministic`: the Triton backward sums without atomics (the CPU one always does)."""
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
-    grads = importlib.import_module(_BWD[backend]).bwd(grad_y, grad_last, saved, *args)
+    extra = {"deterministic": True} if deterministic and backend == "triton" else {}
+    grads = importlib.import_module(_BWD[backend]).bwd(grad_y, grad_last, saved, *args, **extra)
     return [u.new_empty(0) if g is None else g.contiguous() for g in grads]
 
 
 @selective_scan_bwd_op.register_fake
 def _(grad_y, grad_last, saved, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse,
-      backend):  # fmt: skip
+      backend, deterministic=False):  # fmt: skip
     like = (u, delta, A, B, C, D, z, delta_bias)
     dense = torch.contiguous_format
     return [u.new_empty(0) if t is None else torch.empty_like(t, memory_format=dense) for t in like]
@@ -120,8 +125,8 @@ def _reference_bwd(grad_y, grad_last, u, delta, A, B, C, D, z, delta_bias, softp
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend = inputs
-    ctx.flags = (delta_softplus, reverse, backend)
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, backend, deterministic = inputs
+    ctx.flags = (delta_softplus, reverse, backend, deterministic)
     ctx.optional = (D is not None, z is not None, delta_bias is not None)
     ctx.save_for_backward(output[2], u, delta, A, B, C, D, z, delta_bias)
 
@@ -136,7 +141,7 @@ def _backward(ctx, grad_y, grad_last, _grad_saved):
     has_d, has_z, has_bias = ctx.optional
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     return (du, ddelta, dA, dB, dC, dD if has_d else None, dz if has_z else None,
-            dbias if has_bias else None, None, None, None)  # fmt: skip
+            dbias if has_bias else None, None, None, None, None)  # fmt: skip
 
 
 selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
