@@ -134,6 +134,7 @@ CODE_EXCLUDED: tuple[str, ...] = (
     "study/report/",
     "study/erf/",
     "kernels/bench.py",
+    "kernels/compile_check.py",  # compiles the Triton kernels for ptxas; runs nothing
     "kernels/gpu_check.py",
     "kernels/testing.py",
 )
