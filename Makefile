@@ -34,7 +34,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-sweep: $(STAMP) ## measure the default grid (8 models x 6 sizes, ablations, naive scan) here, then report
+sweep: $(STAMP) ## measure the default grid (9 models x 6 sizes), the ablations and the naive scan here, then report
 	$(PY) -m study.sweep sweep=default
 	$(PY) -m study.sweep sweep=ablations
 	$(PY) -m study.sweep sweep=naive_scan
