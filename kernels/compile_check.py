@@ -19,8 +19,10 @@ What is compiled, for sm_80 and sm_90, float32 and bfloat16:
 
 Prints one row per compiled kernel and config, and exits 1 if any config the launcher can choose
 spills (a candidate the committed table `triton_spills.json` prunes cannot be chosen). `--write`
-rewrites that table from this run. `--quick` checks sm_90 float32, Vim-S and a VMamba-T stage,
-the one-pass launches with every config the table leaves to the autotuner (the CI test). The PTX
+compiles every candidate at every zoo shape (the alignment specialisations differ between shapes,
+and so do the spills) and rewrites that table. `--quick` checks sm_90 float32, Vim-S and a
+VMamba-T stage, the one-pass launches with every config the table leaves to the autotuner (the CI
+test). The PTX
 of `deterministic=True` kernels must hold no atomic instruction.
 """
 
@@ -85,8 +87,6 @@ ZOO = [
     ],  # fmt: skip
 ]
 QUICK_SHAPES = ("vim_small", "vmamba_tiny_stage0")
-# one shape per (d_state, flags): --write compiles every candidate at these to build the table
-TABLE_SHAPES = ("vim_small", "vim_small_d_state_64", "vmamba_tiny_stage0", "vmamba_d16_stage0")
 
 
 @dataclass
@@ -383,15 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     table = triton_configs.SPILLS_PATH.name
     parser.add_argument("--write", action="store_true",
-                        help=f"compile every candidate at one shape per d_state and flags, "
-                             f"rewrite {table}")  # fmt: skip
+                        help=f"every candidate at every zoo shape; rewrite {table}")  # fmt: skip
     args = parser.parse_args(argv)
     shapes, archs, dtypes = ZOO, args.archs, args.dtypes
     if args.quick:
         shapes = [s for s in ZOO if s.name in QUICK_SHAPES]
         archs, dtypes = [90], ["float32"]
-    if args.write:  # every candidate at one shape per (d_state, flags), then the defaults
-        results = build_table([s for s in ZOO if s.name in TABLE_SHAPES], dtypes, archs, args.jobs)
+    if args.write:  # every candidate at every shape (specialisations differ), then the defaults
+        results = build_table(ZOO, dtypes, archs, args.jobs)
     else:  # what the launcher can choose, at every shape
         results = run(scan_jobs(shapes, dtypes, archs, True), args.jobs)
         if not args.quick:
