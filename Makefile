@@ -71,8 +71,12 @@ gpu-wheels: $(STAMP) ## fetch the pure-Python wheels gpu-check needs (hydra-core
 gpu-check: ## on a CUDA machine: Triton kernels vs references, scan benchmark, GPU sweep cells, report
 	@if [ -d .whl ]; then $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --no-compile \
 		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
-	$(GPU_ENV) $(GPU_PYTHON) -m kernels.gpu_check
-	$(GPU_ENV) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests/test_measure.py
-	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=gpu_check
-	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=vim_paper
-	$(GPU_ENV) $(GPU_PYTHON) -m study.report results
+	@# A failed or skipped kernel check (e.g. no mamba_ssm to compare with) fails the target, but
+	@# only after the sweeps and the report ran: device time is scarce. GPU_CHECK_FLAGS=--allow-skips
+	@status=0; $(GPU_ENV) $(GPU_PYTHON) -m kernels.gpu_check $(GPU_CHECK_FLAGS) || status=$$?; \
+	$(GPU_ENV) $(GPU_PYTHON) -m pytest -q -p no:cacheprovider -m gpu tests/test_measure.py \
+		|| status=$$?; \
+	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=gpu_check || status=$$?; \
+	$(GPU_ENV) $(GPU_PYTHON) -m study.sweep sweep=vim_paper || status=$$?; \
+	$(GPU_ENV) $(GPU_PYTHON) -m study.report results || status=$$?; \
+	exit $$status
