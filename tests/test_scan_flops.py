@@ -101,8 +101,9 @@ def test_vmamba_layer_training_macs_by_hand():
 
     scan_bwd = scan_bwd_macs(k * d, length, n, has_z=False)
     assert macs["kernels.selective_scan_bwd"] == pytest.approx(scan_bwd, rel=0.02)
-    # cross_scan's backward is cross_merge and the other way round: data movement, 0 both ways
-    assert macs["kernels.cross_scan"] == macs["kernels.cross_merge"] == 0
+    # the model no longer calls the cross ops (it scans the token orders in place); where they
+    # run, cross_scan's backward is cross_merge and the other way round: 0 MACs both ways
+    assert macs.get("kernels.cross_scan", 0) == macs.get("kernels.cross_merge", 0) == 0
 
     # in_proj 1x1, depthwise 3x3, per direction x_proj Di -> rank + 2N and dt_proj rank -> Di,
     # out_proj 1x1, MLP d -> 4d -> d: forward once, backward twice.
