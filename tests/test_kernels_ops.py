@@ -10,7 +10,8 @@ from kernels.testing import make_scan_inputs
 
 
 def expected_flops(batch, dim, length, n_state, has_d, has_z):
-    """REFERENCE.md: 9·B·L·D·N + B·D·L (D skip) + B·D·L (z) multiply-adds; two FLOPs each."""
+    """9·B·L·D·N + B·D·L (D skip) + B·D·L (z) multiply-adds (VMamba's flops_selective_scan_ref);
+    two FLOPs each."""
     return 2 * (9 * batch * length * dim * n_state + batch * dim * length * (has_d + has_z))
 
 

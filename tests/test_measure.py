@@ -17,7 +17,8 @@ def meta_model(name: str, img_size: int, **overrides) -> torch.nn.Module:
         return create(name, img_size, **overrides)
 
 
-# Published GMACs at 224 (REFERENCE.md: timm's table; VMamba's fvcore count for vmamba_tiny).
+# Published GMACs at 224 (timm's results table; VMamba's fvcore count for vmamba_tiny,
+# MzeroMiko/VMamba README).
 PUBLISHED_GMACS = [
     ("resnet50", {}, 4.11),
     ("convnext_tiny", {}, 4.47),
@@ -42,7 +43,7 @@ def test_flops_count_cpu_fused_attention_and_scale_with_size():
     tokens, dim, depth = (1248 // 16) ** 2 + 1, 384, 12
     assert attention == pytest.approx(depth * 2 * tokens**2 * dim / 1e9, rel=1e-6)
     assert sum(fused.values()) == pytest.approx(naive, rel=1e-6)
-    assert naive == pytest.approx(472.2, rel=0.005)  # REFERENCE.md: 4.61 at 224 -> 472.2 at 1248
+    assert naive == pytest.approx(472.2, rel=0.005)  # fvcore: 4.61 at 224 -> 472.2 at 1248
 
 
 def test_flops_linear_in_batch():
@@ -65,7 +66,8 @@ def _sdpa_handle(inputs, outputs):
 
 
 def _scan_handle(inputs, outputs):
-    """9·B·L·D·N for the scan, B·D·L each for the D skip and the z gate (REFERENCE.md)."""
+    """9·B·L·D·N for the scan, B·D·L each for the D skip and the z gate (VMamba's
+    flops_selective_scan_ref)."""
     batch, dim, length = _shape(inputs[0])
     state = _shape(inputs[2])[1]
     has_d, has_z = _shape(inputs[5]) is not None, _shape(inputs[6]) is not None
@@ -136,7 +138,7 @@ def test_predicted_memory_equals_measured_on_cpu(name, img_size, overrides):
 
 
 def test_predicted_memory_shows_quadratic_attention():
-    """deit_small at 1248, batch 1: q·kᵀ and its softmax alive together (REFERENCE.md)."""
+    """deit_small at 1248, batch 1: q·kᵀ and its softmax alive together (2·6·6085²·4 B)."""
     naive = peak_memory(meta_model(DEIT_S, 1248, attn="naive"), 1248)["activations_mib"]
     fused = peak_memory(meta_model(DEIT_S, 1248, attn="fused"), 1248)["activations_mib"]
     heads, tokens = 6, (1248 // 16) ** 2 + 1

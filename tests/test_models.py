@@ -8,7 +8,8 @@ import study.models as zoo
 FAMILY_STRIDE = {"cnn": 32, "vit": 16, "windowed_vit": 32, "vim": 16, "vmamba": 32, "gated_cnn": 32}
 TEST_VARIANTS = ["test_resnet", "test_vit", "test_swin", "test_vim", "test_vmamba"]
 
-# Millions of parameters at 224 (timm, and REFERENCE.md for Vim and VMamba) and relative tolerance.
+# Millions of parameters at 224 (timm; the Vim and VMamba papers and READMEs for theirs) and
+# relative tolerance.
 PUBLISHED_PARAMS_M = {
     "resnet50": (25.56, 0.001),
     "convnext_tiny": (28.59, 0.001),

@@ -19,7 +19,8 @@ from study.models.vmamba import (
     checkpoint_filter_fn,
 )
 
-# Published parameter counts (REFERENCE.md, VMamba section), in millions.
+# Published parameter counts (VMamba paper, NeurIPS 2024, Table 1; MzeroMiko/VMamba README),
+# in millions.
 PUBLISHED_PARAMS_M = {
     "vmamba_tiny": 30.25,
     "vmamba_small": 50.0,
