@@ -239,3 +239,28 @@ def test_channels_last_and_transposed_inputs_read_in_place(reverse):
     assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
     for name, g in grads.items():
         assert rel_err(g, grads_ref[name]) < 1e-9, name
+
+
+@pytest.fixture
+def other_lane_width(monkeypatch):
+    """The library built with the lane width this machine does not pick (VB 8 <-> 16), so both
+    vector paths (transposes, row sums) are checked on any machine; the usual one is restored."""
+    width = 8 if cpu.lanes() == 16 else 16
+    monkeypatch.setattr(cpu, "lanes", lambda: width)
+    monkeypatch.setattr(cpu, "_lib", None)
+    yield width
+    monkeypatch.undo()
+    cpu._lib = None
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_other_lane_width_matches_reference(other_lane_width, reverse):
+    """Full and partial channel blocks (20 = 16 + 4 = 8 + 8 + 4), states in a full and a partial
+    block (5 = 4 + 1), several spans, strided inputs: forward and every gradient."""
+    x = make_scan_inputs(batch=2, dim=20, n_state=5, length=1100, dtype=torch.float64)
+    y, last, grads, grad_y = run_cpu(model_layout(x), reverse=reverse)
+    assert cpu._lib is not None and f"VB {other_lane_width}" in cpu._instantiate()
+    y_ref, last_ref, grads_ref = reference_with_grads(x, grad_y, reverse=reverse)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(last, last_ref) < 1e-10
+    for name, g in grads.items():
+        assert rel_err(g, grads_ref[name]) < 1e-9, name

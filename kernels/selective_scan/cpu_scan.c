@@ -31,7 +31,10 @@
 #define K 64
 #endif
 
-/* Task geometry shared by forward and backward. */
+/* Task geometry shared by forward and backward: tasks of VB channels, chunks of K steps. */
+#define GRID_SETUP                                                                    \
+    const int64_t Dg = D / G, nblk = (Dg + VB - 1) / VB, ntask = Bt * G * nblk;       \
+    const int64_t nchunk = (L + K - 1) / K, SK = SC * K;
 #define TASK_SETUP                                                                    \
     const int64_t b = task / (G * nblk), g = (task / nblk) % G, blk = task % nblk;    \
     const int64_t d0 = g * Dg + blk * VB;                                             \
@@ -75,24 +78,36 @@ typedef IREAL FN(ivec) __attribute__((vector_size(VB * sizeof(REAL))));
                    hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},      \
                    lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},       \
                    hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+#elif VB == 8
+/* The same for 8 lanes (VB = 8: one AVX2 register of floats). */
+#define FN_MASKS                                                                           \
+    const FN(ivec) lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15},     \
+                   lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15},     \
+                   lo1 = {0, 8, 2, 10, 4, 12, 6, 14}, hi1 = {1, 9, 3, 11, 5, 13, 7, 15};
+#endif
 
-/* In-place 16 x 16 transpose (x[r][c] <- x[c][r]): swap 8 x 8 blocks, then 4 x 4 inside, ... */
-static inline void FN(transpose16)(FN(vec)* x) {
+#if VB == 16 || VB == 8
+#define FAST_TILES 1
+/* In-place VB x VB transpose (x[r][c] <- x[c][r]): swap VB/2 x VB/2 blocks, then inside, ... */
+static inline void FN(transpose)(FN(vec)* x) {
     FN_MASKS
 #define SWAP_BLOCKS(W, LO, HI)                                                             \
-    for (int r = 0; r < 16; r++)                                                          \
+    for (int r = 0; r < VB; r++)                                                          \
         if (!(r & W)) {                                                                   \
             const FN(vec) p = x[r], q = x[r + W];                                         \
             x[r] = __builtin_shuffle(p, q, LO);                                           \
             x[r + W] = __builtin_shuffle(p, q, HI);                                       \
         }
+#if VB == 16
     SWAP_BLOCKS(8, lo8, hi8)
+#endif
     SWAP_BLOCKS(4, lo4, hi4)
     SWAP_BLOCKS(2, lo2, hi2)
     SWAP_BLOCKS(1, lo1, hi1)
 #undef SWAP_BLOCKS
 }
-
+#else
+#define FAST_TILES 0
 #endif
 
 /* Tiles of steps x VB channels, so the (batch, D, L) rows are read and written contiguously
@@ -122,20 +137,20 @@ static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t sl, int64_t 
         }
         return;
     }
-    int64_t done = 0;  /* steps copied by the 16 x 16 blocks (a prefix in scan order) */
-#if VB == 16
-    if (nv == 16) {  /* 16 x 16 blocks transposed in registers, in increasing address order */
-        const int64_t nfull = len / 16;
+    int64_t done = 0;  /* steps copied by the VB x VB blocks (a prefix in scan order) */
+#if FAST_TILES
+    if (nv == VB) {  /* VB x VB blocks transposed in registers, in increasing address order */
+        const int64_t nfull = len / VB;
         for (int64_t j = 0; j < nfull; j++) {
-            const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
-            const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
-            FN(vec) x[16];
-            for (int v = 0; v < 16; v++) memcpy(&x[v], src + v * ld + t0, sizeof(x[v]));
-            FN(transpose16)(x);  /* x[r]: step t0 + r of the 16 rows */
-            for (int r = 0; r < 16; r++)  /* reversed: scan step k + 15 - r */
-                memcpy(tile[k + (reverse ? 15 - r : r)], &x[r], sizeof(x[r]));
+            const int64_t k = VB * (reverse ? nfull - 1 - j : j);
+            const int64_t t0 = reverse ? L - s0 - k - VB : s0 + k;
+            FN(vec) x[VB];
+            for (int v = 0; v < VB; v++) memcpy(&x[v], src + v * ld + t0, sizeof(x[v]));
+            FN(transpose)(x);  /* x[r]: step t0 + r of the VB rows */
+            for (int r = 0; r < VB; r++)  /* reversed: scan step k + VB - 1 - r */
+                memcpy(tile[k + (reverse ? VB - 1 - r : r)], &x[r], sizeof(x[r]));
         }
-        done = 16 * nfull;
+        done = VB * nfull;
     }
 #endif
     for (int v = 0; v < nv; v++)
@@ -146,19 +161,19 @@ static inline void FN(tile_out)(REAL* dst, int64_t ld, int64_t L, int nv, int64_
                                 int64_t len, int reverse, REAL (*tile)[VB]) {
     if (!dst) return;
     int64_t done = 0;
-#if VB == 16
-    if (nv == 16) {
-        const int64_t nfull = len / 16;
+#if FAST_TILES
+    if (nv == VB) {
+        const int64_t nfull = len / VB;
         for (int64_t j = 0; j < nfull; j++) {
-            const int64_t k = 16 * (reverse ? nfull - 1 - j : j);
-            const int64_t t0 = reverse ? L - s0 - k - 16 : s0 + k;
-            FN(vec) x[16];
-            for (int r = 0; r < 16; r++)
-                memcpy(&x[r], tile[k + (reverse ? 15 - r : r)], sizeof(x[r]));
-            FN(transpose16)(x);
-            for (int v = 0; v < 16; v++) memcpy(dst + v * ld + t0, &x[v], sizeof(x[v]));
+            const int64_t k = VB * (reverse ? nfull - 1 - j : j);
+            const int64_t t0 = reverse ? L - s0 - k - VB : s0 + k;
+            FN(vec) x[VB];
+            for (int r = 0; r < VB; r++)
+                memcpy(&x[r], tile[k + (reverse ? VB - 1 - r : r)], sizeof(x[r]));
+            FN(transpose)(x);
+            for (int v = 0; v < VB; v++) memcpy(dst + v * ld + t0, &x[v], sizeof(x[v]));
         }
-        done = 16 * nfull;
+        done = VB * nfull;
     }
 #endif
     for (int v = 0; v < nv; v++)
@@ -191,6 +206,13 @@ static inline void FN(tile_dt)(REAL (*raw)[VB], REAL (*dt)[VB], const REAL* bv, 
         dv[v] = (Dsk && v < nv) ? Dsk[d0 + v] : 0;                                    \
     }
 
+/* A span's inputs as tiles: u, delta (then d dt / d delta), z, and dt = softplus(delta + bias). */
+#define SPAN_IN(U, RAW, Z, DT)                                                        \
+    FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, U);                    \
+    FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, RAW);                 \
+    FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, Z);                    \
+    FN(tile_dt)(RAW, DT, bv, softplus, nv, (ce - cs) * K)
+
 #define CKPT(c) (ckpt + (((b * D + d0 + v) * (nchunk + 1)) + (c)) * N + n)
 
 /* Forward with softplus(delta + bias), the D skip and the SiLU(z) gate fused (vectorised over
@@ -199,8 +221,7 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
                   const REAL* Cm, const REAL* Dsk, const REAL* z, const int64_t* st, int64_t Bt,
                   int64_t D, int64_t L, int64_t N, int64_t G, int softplus, int reverse, REAL* y,
                   REAL* ckpt, int nthreads) {
-    const int64_t Dg = D / G, nblk = (Dg + VB - 1) / VB, ntask = Bt * G * nblk;
-    const int64_t nchunk = (L + K - 1) / K, SK = SC * K;
+    GRID_SETUP
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t task = 0; task < ntask; task++) {
         TASK_SETUP
@@ -212,10 +233,7 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = 0; cs < nchunk; cs += SC) {  /* one span of SC chunks */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, ut);
-            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, rawt);
-            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, zt);
-            FN(tile_dt)(rawt, dtt, bv, softplus, nv, (ce - cs) * K);
+            SPAN_IN(ut, rawt, zt, dtt);
             for (int64_t c = cs; c < ce; c++) {
                 for (int64_t n = 0; n < N; n++)  /* the state before chunk c, for the backward */
                     for (int v = 0; v < nv; v++) *CKPT(c) = h[n][v];
@@ -248,7 +266,7 @@ void FN(scan_fwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
 }
 
 /* dst[j] += sum_v x[j][v] for j < nn (nn <= NB = 4): with VB == 16 and nn == 4, two rounds of
-   pairwise half-swaps and two in-vector rounds (14 vector ops for the 4 sums). */
+   pairwise half-swaps and two in-vector rounds (14 vector ops for the 4 sums); VB == 8 alike. */
 static inline void FN(sum_rows)(const FN(vec)* x, int nn, REAL* dst) {
 #if VB == 16
     if (nn == 4) {
@@ -264,6 +282,20 @@ static inline void FN(sum_rows)(const FN(vec)* x, int nn, REAL* dst) {
         dst[1] += w[8];
         dst[2] += w[4];
         dst[3] += w[12];
+        return;
+    }
+#elif VB == 8
+    if (nn == 4) {  /* the same with 8 lanes: 10 vector ops for the 4 sums */
+        FN_MASKS
+        const FN(ivec) sw1 = {1, 0, 3, 2, 5, 4, 7, 6};
+        const FN(vec) y0 = __builtin_shuffle(x[0], x[1], lo4) + __builtin_shuffle(x[0], x[1], hi4);
+        const FN(vec) y1 = __builtin_shuffle(x[2], x[3], lo4) + __builtin_shuffle(x[2], x[3], hi4);
+        FN(vec) w = __builtin_shuffle(y0, y1, lo2) + __builtin_shuffle(y0, y1, hi2);
+        w += __builtin_shuffle(w, sw1);  /* lanes 0, 2, 4, 6: rows 0, 2, 1, 3 */
+        dst[0] += w[0];
+        dst[1] += w[4];
+        dst[2] += w[2];
+        dst[3] += w[6];
         return;
     }
 #endif
@@ -397,8 +429,7 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
                   int64_t N, int64_t G, int softplus, int reverse, REAL* du_out,
                   REAL* ddl_out, REAL* dz_out, REAL* dA_out, REAL* dD_out, REAL* dbias_out,
                   REAL* dBm, REAL* dCm, int nthreads) {
-    const int64_t Dg = D / G, nblk = (Dg + VB - 1) / VB, ntask = Bt * G * nblk;
-    const int64_t nchunk = (L + K - 1) / K, SK = SC * K;
+    GRID_SETUP
     #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (int64_t task = 0; task < ntask; task++) {
         TASK_SETUP
@@ -425,11 +456,8 @@ void FN(scan_bwd)(const REAL* u, const REAL* dl, const REAL* bias, const REAL* A
         for (int64_t cs = (nchunk - 1) / SC * SC; cs >= 0; cs -= SC) {  /* spans, downwards */
             const int64_t s0 = cs * K, slen = (L - s0) < SK ? (L - s0) : SK;
             const int64_t ce = cs + SC < nchunk ? cs + SC : nchunk;
-            FN(tile_in)(u_row, st[1], st[2], L, nv, s0, slen, reverse, tl.u);
-            FN(tile_in)(dl_row, st[4], st[5], L, nv, s0, slen, reverse, tl.raw);
-            FN(tile_in)(z_row, st[7], st[8], L, nv, s0, slen, reverse, tl.z);
+            SPAN_IN(tl.u, tl.raw, tl.z, tl.dt);
             FN(tile_in)(gout + base, L, 1, L, nv, s0, slen, reverse, tl.g);
-            FN(tile_dt)(tl.raw, tl.dt, bv, softplus, nv, (ce - cs) * K);
             for (int64_t c = ce - 1; c >= cs; c--) {  /* chunks of the span, downwards */
                 const int64_t i0 = (c - cs) * K, len = (L - c * K) < K ? (L - c * K) : K;
                 for (int64_t n = 0; n < N; n++)
