@@ -50,7 +50,7 @@ def lanes() -> int:
     states, partial sums). With AVX-512 (32 registers of 16 floats) VB = 16 fits; with AVX2 (16
     registers of 8 floats) each VB = 16 vector takes two registers and gcc spills to the stack:
     measured on a 2-core AMD EPYC (AVX2), Vim-S at 1248 px (D=768, N=16, L=6085, one call,
-    forward+backward through autograd): 199 ms with VB = 16, 136 ms with VB = 8, forward 36 vs 39 ms.
+    forward+backward through autograd): 199 ms with VB = 16, 136 ms with VB = 8 (forward 36, 39 ms).
     """
     return 16 if "avx512f" in _cpu_id().split() else 8
 
