@@ -48,9 +48,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from kernels.cross_scan import triton_cross  # noqa: E402
-from kernels.selective_scan import triton_bwd, triton_configs, triton_fwd  # noqa: E402
-from kernels.selective_scan.ops import CHUNK  # noqa: E402
+from kernels.ops.cross_scan import triton_cross  # noqa: E402
+from kernels.ops.selective_scan import triton_bwd, triton_configs, triton_fwd  # noqa: E402
+from kernels.ops.selective_scan.ops import CHUNK  # noqa: E402
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -29,7 +29,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import kernels  # noqa: E402
-from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
+from kernels.ops.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
 from kernels.testing import (  # noqa: E402
     make_scan_inputs,
     reference_with_grads,
@@ -157,7 +157,7 @@ def check_vim_layout_strided_in_place() -> str:
 
 def check_small_batch_splits_the_sequence() -> str:
     """VMamba-T stage 0 at batch 1 (12 programs): the split path, chosen automatically."""
-    from kernels.selective_scan import triton_fwd
+    from kernels.ops.selective_scan import triton_fwd
 
     seen = []
     real = triton_fwd.pass_states

@@ -3,7 +3,7 @@
 import torch
 
 import kernels
-from kernels.selective_scan.reference import selective_scan_ref
+from kernels.ops.selective_scan.reference import selective_scan_ref
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 

@@ -45,7 +45,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
-from kernels.selective_scan import resolve_backend
+from kernels.ops.selective_scan import resolve_backend
 from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
 from study.measure import peak_memory, predict
 from study.measure.device import device_name, device_tag, memory_mib

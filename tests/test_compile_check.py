@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from kernels.selective_scan import triton_configs
+from kernels.ops.selective_scan import triton_configs
 
 
 def _compile_check(*args: str) -> subprocess.CompletedProcess:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kernels.fpenv import flush_to_zero, fp_control
-from kernels.selective_scan import cpu
-from kernels.selective_scan.reference import selective_scan_ref
+from kernels.ops.selective_scan import cpu
+from kernels.ops.selective_scan.reference import selective_scan_ref
 from kernels.testing import make_scan_inputs
 
 pytestmark = pytest.mark.skipif(fp_control() is None, reason="fegetenv not readable here")
@@ -36,10 +36,10 @@ model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.ReLU(
 x = torch.randn(2, 3, 32, 32) * 1e-36
 with torch.no_grad():
     before = {"fp": fp_control(), "products": subnormal_products(), "cnn": model(x).tolist()}
-from kernels.selective_scan import cpu
+from kernels.ops.selective_scan import cpu
 cpu.library()
-import kernels.selective_scan.triton_fwd, kernels.selective_scan.triton_bwd  # noqa
-import kernels.cross_scan.triton_cross  # noqa
+import kernels.ops.selective_scan.triton_fwd, kernels.ops.selective_scan.triton_bwd  # noqa
+import kernels.ops.cross_scan.triton_cross  # noqa
 with torch.no_grad():
     after = {"fp": fp_control(), "products": subnormal_products(), "cnn": model(x).tolist()}
 print(json.dumps({"before": before, "after": after}))

@@ -6,7 +6,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
-from kernels.selective_scan import cpu
+from kernels.ops.selective_scan import cpu
 from kernels.testing import make_scan_inputs, reference_with_grads, rel_err, scan_with_grads
 from study.measure import peak_memory
 from study.models import create

@@ -21,9 +21,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import kernels  # noqa: E402
-from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
-from kernels.selective_scan import cpu  # noqa: E402
-from kernels.selective_scan.triton_fwd import _bc_base, _program_ids, _seq_base  # noqa: E402
+from kernels.ops.cross_scan.reference import cross_merge_ref, cross_scan_ref  # noqa: E402
+from kernels.ops.selective_scan import cpu  # noqa: E402
+from kernels.ops.selective_scan.triton_fwd import _bc_base, _program_ids, _seq_base  # noqa: E402
 from kernels.testing import (  # noqa: E402
     make_scan_inputs,
     reference_with_grads,
@@ -37,7 +37,7 @@ def _interpreted() -> bool:
         return False
     import triton.language as tl
 
-    from kernels.selective_scan import triton_fwd
+    from kernels.ops.selective_scan import triton_fwd
 
     kernel_ok = type(triton_fwd._selective_scan_fwd_kernel).__name__ == "InterpretedFunction"
     return kernel_ok and type(tl.zeros).__name__ != "JITFunction"
@@ -221,7 +221,7 @@ def test_offsets_past_2_to_31_are_exact():
 @needs_interpreter
 @pytest.mark.parametrize("reverse", [False, True])
 def test_split_sequence_is_chosen_for_few_programs_and_matches_float64(monkeypatch, reverse):
-    from kernels.selective_scan import triton_configs, triton_fwd
+    from kernels.ops.selective_scan import triton_configs, triton_fwd
 
     calls = []
     real = triton_fwd.pass_states
@@ -232,7 +232,7 @@ def test_split_sequence_is_chosen_for_few_programs_and_matches_float64(monkeypat
 
 
 def test_segment_count_fills_the_gpu():
-    from kernels.selective_scan.triton_fwd import segment_count
+    from kernels.ops.selective_scan.triton_fwd import segment_count
 
     h200 = 2 * 132  # programs_to_fill on an H200
     # VMamba-T stage 0 at 224, batch 1: 96 channels x 4 directions in blocks of 32 -> 12 programs
@@ -243,7 +243,7 @@ def test_segment_count_fills_the_gpu():
 
 @needs_interpreter
 def test_split_sequence_with_a_last_state_gradient():
-    from kernels.selective_scan import triton_bwd, triton_fwd
+    from kernels.ops.selective_scan import triton_bwd, triton_fwd
 
     x = make_scan_inputs(1, 4, 2, 150, groups=None)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
@@ -279,7 +279,7 @@ def test_deterministic_sums_match_and_repeat_bit_for_bit():
 def test_tiles_shorter_than_a_chunk(block_l, block_d):
     import triton
 
-    from kernels.selective_scan import triton_configs
+    from kernels.ops.selective_scan import triton_configs
 
     cfg = triton.Config({"BLOCK_L": block_l, "BLOCK_D": block_d}, num_warps=4, num_stages=1)
     with triton_configs.forced_config(cfg):

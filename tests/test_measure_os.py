@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import study.models as zoo
-from kernels.selective_scan import cpu
+from kernels.ops.selective_scan import cpu
 from kernels.testing import ScanCall
 from study.measure import peak_memory
 from study.measure import rss as rss_module

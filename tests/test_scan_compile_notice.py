@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from kernels.selective_scan import cpu
+from kernels.ops.selective_scan import cpu
 
 
 def test_compiling_the_cpu_scan_is_one_line_and_only_the_first_time(tmp_path, monkeypatch, capsys):

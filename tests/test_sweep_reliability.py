@@ -46,7 +46,7 @@ def only_row_path(tmp_path: Path) -> Path:
 def test_code_hash_covers_measuring_code_only(tmp_path):
     names = {p.relative_to(ROOT).as_posix() for p in code_files()}
     assert {"study/sweep.py", "study/rows.py", "study/measure/speed.py"} <= names
-    assert {"kernels/selective_scan/cpu.py", "kernels/selective_scan/cpu_scan.c"} <= names
+    assert {"kernels/ops/selective_scan/cpu.py", "kernels/ops/selective_scan/cpu_scan.c"} <= names
     assert not any(n.startswith(("study/report/", "study/erf/", "tests/")) for n in names)
     assert "kernels/bench.py" not in names
 

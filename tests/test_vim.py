@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels.selective_scan.reference import selective_scan_ref
+from kernels.ops.selective_scan.reference import selective_scan_ref
 from study.models.registry import available, family_of
 from study.models.vim import (
     BiMambaMixer,

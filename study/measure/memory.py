@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.selective_scan import resolve_backend
+from kernels.ops.selective_scan import resolve_backend
 from kernels.workspace import workspace_bytes
 from study.measure.flops import EXTRA_FORMULAS, FLOPS_PER_MAC, fake_state
 from study.measure.rss import os_peak_memory

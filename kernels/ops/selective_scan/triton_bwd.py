@@ -29,9 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.selective_scan import triton_configs
-from kernels.selective_scan.ops import CHUNK
-from kernels.selective_scan.triton_fwd import (
+from kernels.ops.selective_scan import triton_configs
+from kernels.ops.selective_scan.ops import CHUNK
+from kernels.ops.selective_scan.triton_fwd import (
     _bc_base,
     _combine,
     _dt,

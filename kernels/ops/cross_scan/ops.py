@@ -6,7 +6,7 @@ Each op's backward is the other op (they are adjoints), so gradients also run th
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref
+from kernels.ops.cross_scan.reference import cross_merge_ref, cross_scan_ref
 from kernels.workspace import nbytes, register_workspace_formula
 
 Tensor = torch.Tensor
@@ -16,7 +16,7 @@ Tensor = torch.Tensor
 def cross_scan_op(x: Tensor, backend: str) -> Tensor:
     """(batch, C, H, W) -> (batch, 4, C, H*W); backend "reference" or "triton"."""
     if backend == "triton":
-        from kernels.cross_scan.triton_cross import cross_scan_triton
+        from kernels.ops.cross_scan.triton_cross import cross_scan_triton
 
         return cross_scan_triton(x)
     return cross_scan_ref(x).contiguous()
@@ -26,7 +26,7 @@ def cross_scan_op(x: Tensor, backend: str) -> Tensor:
 def cross_merge_op(y: Tensor, backend: str) -> Tensor:
     """(batch, 4, C, H, W) -> (batch, C, H*W); backend "reference" or "triton"."""
     if backend == "triton":
-        from kernels.cross_scan.triton_cross import cross_merge_triton
+        from kernels.ops.cross_scan.triton_cross import cross_merge_triton
 
         return cross_merge_triton(y)
     return cross_merge_ref(y).contiguous()

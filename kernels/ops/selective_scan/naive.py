@@ -22,7 +22,7 @@ adjoint as two more (batch, D, L, N) tensors, as autograd through mamba_ssm's re
 import torch
 import torch.nn.functional as F
 
-from kernels.selective_scan.reference import as_groups
+from kernels.ops.selective_scan.reference import as_groups
 
 Tensor = torch.Tensor
 

@@ -8,9 +8,9 @@ from typing import Literal
 
 import torch
 
-from kernels.selective_scan import cpu
-from kernels.selective_scan.ops import selective_scan_op
-from kernels.selective_scan.reference import selective_scan_ref  # noqa: F401 (tests patch it)
+from kernels.ops.selective_scan import cpu
+from kernels.ops.selective_scan.ops import selective_scan_op
+from kernels.ops.selective_scan.reference import selective_scan_ref  # noqa: F401 (tests patch it)
 
 Backend = Literal["auto", "reference", "cpu", "triton", "naive"]
 

@@ -4,8 +4,8 @@ from typing import Literal
 
 import torch
 
-from kernels.cross_scan.ops import cross_merge_op, cross_scan_op
-from kernels.cross_scan.reference import cross_merge_ref, cross_scan_ref
+from kernels.ops.cross_scan.ops import cross_merge_op, cross_scan_op
+from kernels.ops.cross_scan.reference import cross_merge_ref, cross_scan_ref
 
 __all__ = ["cross_merge", "cross_merge_ref", "cross_scan", "cross_scan_ref"]
 
@@ -14,7 +14,7 @@ CrossBackend = Literal["auto", "reference", "triton"]
 
 def _backend(backend: CrossBackend, device: torch.device) -> str:
     """Resolve "auto": Triton on CUDA or inside `kernels.use_backend("triton")`, else reference."""
-    from kernels.selective_scan import auto_override
+    from kernels.ops.selective_scan import auto_override
 
     if backend == "auto":
         wanted = auto_override.get()

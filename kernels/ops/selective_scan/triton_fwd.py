@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.selective_scan import triton_configs
-from kernels.selective_scan.ops import CHUNK
+from kernels.ops.selective_scan import triton_configs
+from kernels.ops.selective_scan.ops import CHUNK
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -160,7 +160,7 @@ def check_device(u: torch.Tensor) -> None:
     if u.device.type not in ("cuda", "meta") and not INTERPRET:
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got {u.device.type}) or TRITON_INTERPRET=1 "
-            "set before kernels.selective_scan.triton_fwd is imported"
+            "set before kernels.ops.selective_scan.triton_fwd is imported"
         )
 
 

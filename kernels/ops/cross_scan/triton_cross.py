@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.selective_scan.triton_fwd import check_device
+from kernels.ops.selective_scan.triton_fwd import check_device
 
 
 @triton.jit

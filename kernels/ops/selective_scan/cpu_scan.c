@@ -1,4 +1,4 @@
-/* C source of the CPU selective scan, built once per machine by `kernels.selective_scan.cpu`.
+/* C source of the CPU selective scan, built once per machine by `kernels.ops.selective_scan.cpu`.
 
    Forward and backward fuse everything: softplus(delta + bias), the scan, the D skip and the SiLU(z)
    gate (PyTorch's separate element-wise passes over (batch, D, L) cost as much as the scan itself).

@@ -15,16 +15,16 @@ import importlib
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from kernels.selective_scan.reference import selective_scan_ref
+from kernels.ops.selective_scan.reference import selective_scan_ref
 from kernels.workspace import register_workspace_formula
 
 CHUNK = 64  # steps per chunk in the saved states; the CPU and Triton backends both use it
 Tensor = torch.Tensor
 
 # backend name -> modules with `fwd(...)` and `bwd(...)` (imported on first use: Triton is heavy)
-_FWD = {"cpu": "kernels.selective_scan.cpu", "triton": "kernels.selective_scan.triton_fwd"}
-_BWD = {"cpu": "kernels.selective_scan.cpu", "triton": "kernels.selective_scan.triton_bwd"}
-_FWD["naive"] = _BWD["naive"] = "kernels.selective_scan.naive"  # materialising (naive.py)
+_FWD = {"cpu": "kernels.ops.selective_scan.cpu", "triton": "kernels.ops.selective_scan.triton_fwd"}
+_BWD = {"cpu": "kernels.ops.selective_scan.cpu", "triton": "kernels.ops.selective_scan.triton_bwd"}
+_FWD["naive"] = _BWD["naive"] = "kernels.ops.selective_scan.naive"  # materialising (naive.py)
 
 
 def _state_dtype(u: Tensor) -> torch.dtype:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.selective_scan.ops import CHUNK  # steps between the states kept for the backward
+from kernels.ops.selective_scan.ops import CHUNK  # steps between the states kept for the backward
 from kernels.workspace import copy_bytes, nbytes
 
 SOURCE_PATH = Path(__file__).with_name("cpu_scan.c")
