@@ -1,0 +1,176 @@
+"""study.train_task, study.train, the micro models and `study.erf run_dir=`: the task is
+deterministic and needs both distant glyphs, checkpoints load weights-only, a resumed run ends
+with the same weights as an uninterrupted one, ERFs over a 2-step run. CPU, tiny sizes."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from study import train_task
+from study.erf.run import run as erf_run
+from study.models import create, family_of
+from study.models.micro import MICRO_MODELS
+from study.train import run as train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(name: str, **overrides) -> object:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def _tiny(run_dir: Path, **overrides) -> object:
+    args = dict(model="[test_resnet]", img_size=32, batch_size=4, steps=4, eval_every=2,
+                save_steps="[0,2,4]", n_val=8, warmup_steps=1, run_dir=str(run_dir))  # fmt: skip
+    return _compose("train", **{**args, **overrides})
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+def test_task_is_deterministic() -> None:
+    a, label_a = train_task.sample(3, "train", 17, 64)
+    b, label_b = train_task.sample(3, "train", 17, 64)
+    assert np.array_equal(a, b) and label_a == label_b
+    c, _ = train_task.sample(3, "val", 17, 64)
+    assert not np.array_equal(a, c)  # the splits differ
+    x, y = train_task.batch(0, "train", 0, 4, 64)
+    assert x.shape == (4, 3, 64, 64) and y.dtype == torch.long
+
+
+def _glyph_in(image: np.ndarray, x_lo: int, x_hi: int, cell: int) -> int:
+    """Which of the task's patterns the bright pixels between columns x_lo and x_hi form."""
+    mask = (image[:, x_lo:x_hi] >= 118).all(axis=-1)
+    ys, xs = np.nonzero(mask)
+    box = np.zeros((3 * cell, 3 * cell), dtype=bool)
+    box[ys - ys.min(), xs - xs.min()] = True  # a glyph fits its 3x3-cell box from the top left
+    hits = [g for g, p in enumerate(train_task.glyph_patterns()) if _fits(p, box, cell)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def _fits(pattern: np.ndarray, box: np.ndarray, cell: int) -> bool:
+    on = np.kron(pattern, np.ones((cell, cell), dtype=bool))
+    # the box is aligned on the glyph's first lit row and column; try the pattern's own offsets
+    rows, cols = np.nonzero(pattern.any(axis=1))[0][0], np.nonzero(pattern.any(axis=0))[0][0]
+    shifted = np.roll(on, (-rows * cell, -cols * cell), axis=(0, 1))
+    return np.array_equal(shifted, box)
+
+
+def test_label_needs_both_distant_glyphs() -> None:
+    """The label is 'the glyph in the left third equals the one in the right third'; the middle
+    third is empty, and either glyph alone leaves the label at chance."""
+    size, cell = 64, 64 // 16
+    third = size // 3
+    left_rate: dict[int, list[int]] = {}
+    right_rate: dict[int, list[int]] = {}
+    for index in range(400):
+        image, label = train_task.sample(0, "train", index, size)
+        assert not (image[:, third : size - third] >= 118).all(axis=-1).any()
+        left = _glyph_in(image, 0, third, cell)
+        right = _glyph_in(image, size - third, size, cell)
+        assert label == int(left == right)
+        left_rate.setdefault(left, []).append(label)
+        right_rate.setdefault(right, []).append(label)
+    for rates in (left_rate, right_rate):
+        assert len(rates) == train_task.N_GLYPHS
+        for labels in rates.values():
+            assert 0.2 < np.mean(labels) < 0.8  # one glyph alone says little about the label
+
+
+def test_samples_png(tmp_path: Path) -> None:
+    train_task.main(["--out", str(tmp_path / "s.png"), "--n", "4"])
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+# --- the micro models ---------------------------------------------------------------------------
+
+
+def test_micro_models_matched() -> None:
+    counts = {}
+    for name in MICRO_MODELS:
+        model = create(name, 64, num_classes=2)
+        counts[name] = sum(p.numel() for p in model.parameters())
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+    print("\n".join(f"{n:16s} {family_of(n):10s} {c / 1e6:.2f} M" for n, c in counts.items()))
+    families = {family_of(n) for n in MICRO_MODELS}
+    assert families == {"cnn", "vit", "vim", "vmamba", "gated_cnn"}
+    assert all(2.0e6 <= c <= 3.0e6 for c in counts.values()), counts
+    assert max(counts.values()) / min(counts.values()) < 1.3
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path))
+    folder = tmp_path / "test_resnet"
+    assert sorted(p.name for p in folder.glob("step_*.pth")) == [
+        "step_000000.pth", "step_000002.pth", "step_000004.pth"
+    ]  # fmt: skip
+    for path in [*folder.glob("step_*.pth"), folder / "resume.pth"]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert all(torch.is_tensor(v) for v in state["model"].values())
+        assert all(isinstance(v, int | float | str | type(None)) for v in state["meta"].values())
+    with (folder / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in rows)
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path / "whole"))
+    train_run(_tiny(tmp_path / "split", stop_after=2))  # interrupted after step 2
+    assert not (tmp_path / "split" / "test_resnet" / "step_000004.pth").exists()
+    train_run(_tiny(tmp_path / "split"))  # the same command again: resumes at step 2
+    whole = torch.load(tmp_path / "whole/test_resnet/step_000004.pth", weights_only=True)
+    split = torch.load(tmp_path / "split/test_resnet/step_000004.pth", weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+    columns = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    logs = []
+    for name in ("whole", "split"):
+        with (tmp_path / name / "test_resnet" / "train.csv").open() as f:
+            logs.append([tuple(r[c] for c in columns) for r in csv.DictReader(f)])
+    assert logs[0] == logs[1]
+
+
+def test_train_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="save_steps"):
+        train_run(_tiny(tmp_path, save_steps="[0,9]"))
+    with pytest.raises(ValueError, match="unknown model"):
+        train_run(_tiny(tmp_path, model="[nope]"))
+
+
+# --- ERF over a run's checkpoints ---------------------------------------------------------------
+
+
+def test_erf_over_checkpoints(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path / "run", model="[test_resnet,test_vit]", steps=2, eval_every=1,
+                    save_steps="[0,2]"))  # fmt: skip
+    out = tmp_path / "erf"
+    out.mkdir()
+    old = "model,family,weights,r50_frac\nresnet50,cnn,random init,0.01\n"
+    (out / "erf.csv").write_text(old)
+    cfg = _compose("erf", run_dir=str(tmp_path / "run"), n_images=2, run_img_size=64,
+                   out_dir=str(out))  # fmt: skip
+    rows = erf_run(cfg)
+    assert [(r["model"], r["step"], r["weights"]) for r in rows] == [
+        ("test_resnet", 0, "random init"), ("test_resnet", 2, "trained"),
+        ("test_vit", 0, "random init"), ("test_vit", 2, "trained"),
+    ]  # fmt: skip
+    assert all(r["img_size"] == 64 and r["run"] == "run" for r in rows)
+    for name in ("erf_train_grid_log10.png", "erf_train_metrics.png", "erf_test_vit_step2.npy"):
+        assert (out / name).is_file(), name
+    with (out / "erf.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert written[0]["model"] == "resnet50" and written[0]["run"] == ""  # earlier row kept
+    assert len(written) == 5
+    erf_run(cfg)  # again: the run's rows are replaced, not added twice
+    with (out / "erf.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 5
