@@ -38,6 +38,9 @@ from study.models import create, family_of
 
 log = logging.getLogger("study.train")
 
+# What a resumed run must share with the run it continues (checked against resume.pth).
+SAME_ON_RESUME = ("img_size", "batch_size", "steps", "opt", "lr", "weight_decay", "sched",
+                  "warmup_steps", "label_smoothing", "seed")  # fmt: skip
 CSV_COLUMNS = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s")
 TASK = "glyph_match"
 
@@ -129,8 +132,14 @@ def train_one(cfg: DictConfig, name: str, model_dir: Path) -> dict:
     start, elapsed = 0, 0.0
     if resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state["meta"]["model"] != name:
-            raise ValueError(f"{resume_path} is a checkpoint of {state['meta']['model']}")
+        saved = state["meta"].get("config", {})
+        changed = [k for k in SAME_ON_RESUME if saved.get(k) != cfg[k]]
+        if state["meta"]["model"] != name or changed:
+            shown = ", ".join(f"{k}={saved.get(k)!r} (now {cfg[k]!r})" for k in changed)
+            raise ValueError(
+                f"{resume_path} is a run of {state['meta']['model']} with {shown or 'the same'}"
+                "; resume with the same settings or give a new run_dir"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -142,7 +151,8 @@ def train_one(cfg: DictConfig, name: str, model_dir: Path) -> dict:
     OmegaConf.save(cfg, model_dir / "train_config.yaml", resolve=True)
     val = train_task.batch(cfg.seed, "val", 0, cfg.n_val, cfg.img_size)
     meta = {"model": name, "family": family_of(name), "img_size": cfg.img_size,
-            "num_classes": train_task.N_CLASSES, "seed": cfg.seed, "task": TASK}  # fmt: skip
+            "num_classes": train_task.N_CLASSES, "seed": cfg.seed, "task": TASK,
+            "config": {k: cfg[k] for k in SAME_ON_RESUME}}  # fmt: skip
     if start == 0 and 0 in cfg.save_steps:
         init = {"model": model.state_dict(), "meta": {**meta, "step": 0}}
         _save(init, checkpoint_path(model_dir, 0))

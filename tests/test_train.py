@@ -116,7 +116,10 @@ def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
     for path in [*folder.glob("step_*.pth"), folder / "resume.pth"]:
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert all(torch.is_tensor(v) for v in state["model"].values())
-        assert all(isinstance(v, int | float | str | type(None)) for v in state["meta"].values())
+        plain = int | float | str | type(None)
+        meta = state["meta"]
+        assert all(isinstance(v, plain) for k, v in meta.items() if k != "config")
+        assert all(isinstance(v, plain) for v in meta["config"].values())
     with (folder / "train.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 4]
@@ -145,6 +148,9 @@ def test_train_bad_input(tmp_path: Path) -> None:
         train_run(_tiny(tmp_path, save_steps="[0,9]"))
     with pytest.raises(ValueError, match="unknown model"):
         train_run(_tiny(tmp_path, model="[nope]"))
+    train_run(_tiny(tmp_path, stop_after=2))
+    with pytest.raises(ValueError, match="lr=0.001 .now 0.01."):  # resume with other settings
+        train_run(_tiny(tmp_path, lr=0.01))
 
 
 # --- ERF over a run's checkpoints ---------------------------------------------------------------

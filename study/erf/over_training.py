@@ -169,7 +169,7 @@ def run_over_training(cfg: DictConfig, folder: Path, out_dir: Path) -> list[dict
 def _figures(rows: list[dict], maps: dict, models: list[str], folder: Path, run: str) -> None:
     steps = sorted({int(r["step"]) for r in rows})
     columns = [f"step {s}" for s in steps]
-    subtitle = f"through training (run {run}; rows: models, columns: steps)"
+    subtitle = f"through training (run {run})"
     for scale in SCALES:
         save_grid(maps, columns, models, scale, folder / f"erf_train_grid_{scale}.png", subtitle)
     save_metric_plot(rows, models, folder / "erf_train_metrics.png", run)
