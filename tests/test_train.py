@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -180,3 +181,36 @@ def test_erf_over_checkpoints(tmp_path: Path) -> None:
     erf_run(cfg)  # again: the run's rows are replaced, not added twice
     with (out / "erf.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 5
+
+
+# --- claim 6 from the experiment ------------------------------------------------------------------
+
+
+def _erf_frame(acc: float) -> pd.DataFrame:
+    base = {"family": "vmamba", "img_size": 256, "area_ratio_99": 0.5, "run": "r"}
+    rows = [
+        {"model": "vmamba_tiny", "family": "vmamba", "weights": "random init", "img_size": 1024,
+         "r50_frac": 0.04, "cross_index": 1.1, "area_ratio_99": 0.1, "run": None, "step": None,
+         "val_acc": None},
+        {**base, "model": "vmamba_micro", "weights": "random init", "r50_frac": 0.03,
+         "cross_index": 1.0, "step": 0, "val_acc": None},
+        {**base, "model": "vmamba_micro", "weights": "trained", "r50_frac": 0.2,
+         "cross_index": 1.5, "step": 400, "val_acc": acc},
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_claim6_reads_the_experiment() -> None:
+    from study.report.claims_common import Inputs
+    from study.report.claims_erf import claim_erf_vmamba
+
+    learned = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(0.9)))
+    assert learned.verdict == "holds"
+    assert "controlled small-scale test" in learned.evidence and "not ImageNet" in learned.why
+    assert "vmamba_tiny" in learned.evidence  # the random-init row is still cited
+    chance = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(0.55)))
+    assert chance.verdict == "not testable here" and "did not learn" in chance.why
+    without = _erf_frame(0.9).iloc[:1]
+    assert claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=without)).verdict == (
+        "not testable here"
+    )
