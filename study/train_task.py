@@ -1,15 +1,18 @@
-"""An offline task that needs a global view: do two distant glyphs match?
+"""An offline task that needs a global view: are two distant marks the same colour?
 
-Each image (img_size x img_size, RGB uint8) is Gaussian noise on a dark background with two glyphs
-drawn in random colours: one at a random position in the left third of the image, one in the right
-third. A glyph is a 3x3 pattern of cells (each cell img_size // 16 px) taken from a fixed set of
-N_GLYPHS patterns. Label 1 when both glyphs are the same pattern, 0 otherwise (half the images
-each). The colours are drawn independently of the pattern, so only the shapes decide the label.
+Each image (img_size x img_size, RGB uint8) is Gaussian noise on a dark background with two marks:
+one at a random position in the left third of the image, one in the right third. A mark is a 3x3
+pattern of cells (each cell img_size // 16 px) drawn at random from N_GLYPHS patterns (a
+distractor: the shape never decides the label), in one of the PALETTE colours. Label 1 when both
+marks have the same colour, 0 otherwise (half the images each).
 
-Neither glyph alone says anything about the label (each pattern is equally likely under both
-labels), so a model must bring together pixels at least a third of the image apart. Everything is
-drawn from numpy's PCG64 seeded with (seed, split, index): image `index` of a split is the same on
-every machine, without downloads or files.
+Neither mark alone says anything about the label (each colour is equally likely under both
+labels), so a model must bring together pixels at least a third of the image apart. Nor can a
+linear classifier on average-pooled local features do it: pooling sums what each mark contributes,
+and "same colour" (R+R or G+G) is not linearly separable from "different" (R+G, their midpoint);
+the marks must meet inside the feature map (an ERF spanning both), in attention, or in a nonlinear
+head. Everything is drawn from numpy's PCG64 seeded with (seed, split, index): image `index` of a
+split is the same on every machine, without downloads or files.
 
 python -m study.train_task --out /tmp/samples.png  # a grid of samples with their labels
 """
@@ -22,6 +25,8 @@ import numpy as np
 import torch
 
 N_GLYPHS = 8
+# The mark colours (0-255): red, green, blue, yellow.
+PALETTE = np.array([[230, 0, 0], [0, 230, 0], [0, 0, 230], [230, 230, 0]], dtype=np.float64)
 N_CLASSES = 2
 SPLITS = {"train": 0, "val": 1}
 # ImageNet statistics, as the zoo's models expect (timm's IMAGENET_DEFAULT_MEAN / _STD).
@@ -51,18 +56,18 @@ def sample(seed: int, split: str, index: int, img_size: int) -> tuple[np.ndarray
         raise ValueError(f"img_size must be an integer >= 32, got {img_size!r}")
     rng = np.random.default_rng([seed, SPLITS[split], index])
     label = int(rng.integers(N_CLASSES))
-    first = int(rng.integers(N_GLYPHS))
-    second = first if label else int((first + rng.integers(1, N_GLYPHS)) % N_GLYPHS)
+    first = int(rng.integers(len(PALETTE)))
+    second = first if label else int((first + rng.integers(1, len(PALETTE))) % len(PALETTE))
     image = rng.normal(40.0, 20.0, size=(img_size, img_size, 3))
     cell = img_size // 16
     side = 3 * cell
     third = img_size // 3
-    for glyph, x_lo in ((first, 0), (second, img_size - third)):
+    for colour, x_lo in ((first, 0), (second, img_size - third)):
+        glyph = int(rng.integers(N_GLYPHS))
         y = int(rng.integers(0, img_size - side + 1))
         x = int(rng.integers(x_lo, x_lo + third - side + 1))
-        colour = rng.uniform(120.0, 255.0, size=3)
         mask = np.kron(_GLYPHS[glyph], np.ones((cell, cell), dtype=bool))
-        image[y : y + side, x : x + side][mask] = colour
+        image[y : y + side, x : x + side][mask] = PALETTE[colour]
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
@@ -96,8 +101,8 @@ def save_samples(path: Path, seed: int = 0, img_size: int = 64, n: int = 16) -> 
         if i < n:
             image, label = sample(seed, "val", i, img_size)
             ax.imshow(image)
-            ax.set_title("match" if label else "differ", fontsize=9)
-    fig.suptitle(f"study.train_task: do the two glyphs match? ({img_size} px, seed {seed})")
+            ax.set_title("same" if label else "differ", fontsize=9)
+    fig.suptitle(f"Are the two marks the same colour? ({img_size} px, seed {seed})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
