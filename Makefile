@@ -60,7 +60,7 @@ ERF_TRAIN_DIR ?= outputs/erf-train
 ERF_OUT ?= results/erf
 TRAIN_OUT ?= results/train
 TRAIN_ARGS ?=
-ERF_ARGS ?= n_images=32
+ERF_ARGS ?= n_images=16
 
 erf-train: $(STAMP) ## train one micro model per family on the glyph task, then their ERFs through training
 	$(PY) -m study.train run_dir=$(ERF_TRAIN_DIR) $(TRAIN_ARGS)
