@@ -13,6 +13,7 @@ from timm.models.mambaout import MambaOut
 from timm.models.resnet import BasicBlock, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
+from study.models import timm_zoo  # noqa: F401  (registered first: the zoo's listed order stays)
 from study.models.registry import register_family
 from study.models.vim import VisionMamba
 from study.models.vmamba import VMamba
