@@ -213,13 +213,17 @@ def run(cfg: DictConfig) -> dict[str, dict]:
     models = _validate(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = Path(str(cfg.run_dir))
     results = {}
-    for name in models:
-        last = train_one(cfg, name, run_dir / name)
-        log.info("%s: %s", name, ", ".join(f"{k} {v}" for k, v in last.items()))
-        results[name] = last
+    try:
+        for name in models:
+            last = train_one(cfg, name, run_dir / name)
+            log.info("%s: %s", name, ", ".join(f"{k} {v}" for k, v in last.items()))
+            results[name] = last
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     return results
 
 
