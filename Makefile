@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format sweep predict report erf breakdown bench gpu-wheels gpu-check
+.PHONY: help install test test-all lint format sweep predict report erf erf-train breakdown bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,24 @@ report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and
 
 erf: $(STAMP) ## effective receptive fields of the default models into results/erf/ (the committed ones)
 	$(PY) -m study.erf out_dir=results/erf
+
+# The training experiment (README.md, "Receptive fields through training"): conf/train.yaml's preset
+# trains the five micro models (about 15 minutes each on 2 cores) into ERF_TRAIN_DIR, then draws their
+# ERFs at every checkpoint into ERF_OUT. Running it again resumes unfinished models; delete
+# ERF_TRAIN_DIR to start over. A quick check: make erf-train ERF_TRAIN_DIR=/tmp/t ERF_OUT=/tmp/e
+#   TRAIN_ARGS="steps=4 save_steps=[0,4] eval_every=2 n_val=16" ERF_ARGS="n_images=2"
+ERF_TRAIN_DIR ?= outputs/erf-train
+ERF_OUT ?= results/erf
+TRAIN_OUT ?= results/train
+TRAIN_ARGS ?=
+ERF_ARGS ?= n_images=16
+
+erf-train: $(STAMP) ## train one micro model per family on the glyph task, then their ERFs through training
+	$(PY) -m study.train run_dir=$(ERF_TRAIN_DIR) $(TRAIN_ARGS)
+	$(PY) -m study.train_task --out $(TRAIN_OUT)/samples.png
+	for log in $(ERF_TRAIN_DIR)/*/train.csv; do \
+		cp $$log $(TRAIN_OUT)/train_$$(basename $$(dirname $$log)).csv; done
+	$(PY) -m study.erf run_dir=$(ERF_TRAIN_DIR) run_img_size=256 out_dir=$(ERF_OUT) $(ERF_ARGS)
 
 breakdown: $(STAMP) ## where each model's forward time goes (profiler, by kind of op); writes results/breakdown_<device>.csv
 	$(PY) -m study.measure.breakdown

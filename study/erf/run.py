@@ -29,6 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from study.erf.core import erf_map
 from study.erf.images import find_images, load_images, shipped_photos, to_tensors
 from study.erf.metrics import erf_numbers
+from study.erf.over_training import run_checkpoints, run_over_training
 from study.erf.plot import SCALES, save_grid, save_heatmap
 from study.erf.weights import load_checkpoint, load_pretrained, match_state_dict, read_state_dict
 from study.models import available, create, family_of
@@ -211,8 +212,11 @@ def run(cfg: DictConfig) -> list[dict]:
     """Compute, save and plot the ERF of every model in cfg.model; returns the erf.csv rows.
 
     Every file goes to a run folder first, renamed to cfg.out_dir when all are written; an
-    interrupted or failed run leaves cfg.out_dir untouched.
+    interrupted or failed run leaves cfg.out_dir untouched. With cfg.run_dir set: the ERFs of a
+    `python -m study.train` run's checkpoints instead (`study.erf.over_training`).
     """
+    if cfg.get("run_dir"):
+        return _run_over_training(cfg)
     models, ckpts = _validate(cfg)
     sources = [
         _trained_source(n, c, bool(cfg.pretrained)) for n, c in zip(models, ckpts, strict=True)
@@ -225,6 +229,31 @@ def run(cfg: DictConfig) -> list[dict]:
         with logging_redirect_tqdm():
             rows = _run(cfg, models, sources, folder.path)
         log.info("wrote %d maps, the grids and erf.csv to %s", len(rows), out_dir)
+        folder.close(keep=True)
+        _publish(folder.path, out_dir)
+        done = True
+    finally:
+        if not done:
+            folder.close(keep=False)
+    return rows
+
+
+def _run_over_training(cfg: DictConfig) -> list[dict]:
+    if not isinstance(cfg.n_images, int) or cfg.n_images < 1:
+        raise ValueError(f"n_images must be an integer >= 1, got {cfg.n_images!r}")
+    size = cfg.get("run_img_size")
+    if size is not None and (not isinstance(size, int) or size < 32):
+        raise ValueError(f"run_img_size must be an integer >= 32 or null, got {size!r}")
+    out_dir = Path(str(cfg.out_dir))
+    _check_out_dir(out_dir)
+    run_checkpoints(Path(str(cfg.run_dir)))  # ValueError before any folder is made
+    folder = _RunFolder(out_dir)
+    done = False
+    try:
+        with logging_redirect_tqdm():
+            rows = run_over_training(cfg, folder.path, out_dir)
+        log.info("wrote %d maps, the figures and erf.csv rows to %s", len(rows), out_dir)
+        OmegaConf.save(cfg, folder.path / "erf_config.yaml", resolve=True)
         folder.close(keep=True)
         _publish(folder.path, out_dir)
         done = True

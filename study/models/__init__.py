@@ -15,7 +15,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from study.models import timm_zoo, vim, vmamba  # noqa: F401  (importing registers the families)
+from study.models import micro, timm_zoo, vim, vmamba  # noqa: F401  (importing registers them)
 from study.models.registry import Family, available, family_of
 
 __all__ = ["OPTIONS", "Family", "Option", "ablation", "available", "create", "family_of",

@@ -174,6 +174,8 @@ def erf_rows(inputs: Inputs, families: tuple[str, ...], trained: bool) -> pd.Dat
     erf = inputs.erf
     if erf.empty or not set(ERF_COLUMNS) <= set(erf.columns):
         return pd.DataFrame(columns=list(ERF_COLUMNS))
+    if "run" in erf:  # rows of the training experiment (`make erf-train`) are read apart
+        erf = erf[erf["run"].isna()]
     weights = erf["weights"].astype(str)
     keep = erf["family"].isin(families) & ((weights != "random init") == trained)
     rows = erf[keep].sort_values("img_size")

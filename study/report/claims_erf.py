@@ -1,9 +1,12 @@
 """Claims 5 and 6: effective receptive fields, from results/erf/erf.csv."""
 
+import pandas as pd
+
 from study.report.claims_common import (
     CAVEAT_INIT,
     CLAIMS,
     CROSS_MIN_INDEX,
+    ERF_COLUMNS,
     GLOBAL_MIN_R50,
     LOCAL_MAX_R50,
     Claim,
@@ -17,6 +20,10 @@ from study.report.claims_common import (
 )
 
 # --- claims 5, 6: effective receptive fields ----------------------------------------------------
+
+# The training experiment (`make erf-train`, two classes): "well above chance" from this accuracy.
+TRAINED_MIN_ACC = 0.75
+EXPERIMENT = "controlled small-scale test (micro models trained on the glyph task; not ImageNet)"
 
 
 def claim_erf_cnn_vit(inputs: Inputs) -> Claim:
@@ -57,14 +64,68 @@ def claim_erf_cnn_vit(inputs: Inputs) -> Claim:
     return missing("5", CLAIMS["5"], "CNN and ViT rows in results/erf/erf.csv")
 
 
+def training_rows(inputs: Inputs) -> pd.DataFrame:
+    """erf.csv rows of the latest training experiment (column `run` set), empty if none."""
+    erf = inputs.erf
+    if erf.empty or "run" not in erf or not set(ERF_COLUMNS) <= set(erf.columns):
+        return pd.DataFrame()
+    rows = erf[erf["run"].notna()]
+    if rows.empty:
+        return rows
+    return rows[rows["run"] == rows["run"].iloc[-1]].sort_values(["model", "step"])
+
+
+def _experiment(inputs: Inputs) -> tuple[str, tuple[Verdict, str]] | None:
+    """(evidence, (verdict, why)) for claim 6 from the training experiment, None without one."""
+    rows = training_rows(inputs)
+    mine = rows[rows["family"] == "vmamba"] if not rows.empty else rows
+    if mine.empty or mine["step"].nunique() < 2:
+        return None
+    run = mine["run"].iloc[0]
+    parts = []
+    for model, part in rows.groupby("model", sort=False):
+        first, last = part.iloc[0], part.iloc[-1]
+        parts.append(
+            f"{model}: r50 {first['r50_frac']:.3f} → {last['r50_frac']:.3f} of the side, cross "
+            f"index {first['cross_index']:.2f} → {last['cross_index']:.2f}, held-out accuracy "
+            f"{last['val_acc']:.2f} at step {int(last['step'])}"
+        )
+    evidence = f"erf.csv run {run} ({EXPERIMENT}): " + "; ".join(parts)
+    first, last = mine.iloc[0], mine.iloc[-1]
+    name, acc = last["model"], float(last["val_acc"])
+    if not acc >= TRAINED_MIN_ACC:
+        why = (
+            f"In the {EXPERIMENT}, {name} reached {acc:.2f} held-out accuracy (chance 0.5; "
+            f"trained from {TRAINED_MIN_ACC}): it did not learn the task, so its ERF is no "
+            "trained ERF."
+        )
+        return evidence, ("not testable here", why)
+    before, after = extent(first["r50_frac"]), extent(last["r50_frac"])
+    cross = last["cross_index"] >= CROSS_MIN_INDEX
+    prefix = f"In the {EXPERIMENT}: {name} is {before} at init, {after} after training"
+    if after != "global" or before == "global":
+        return evidence, ("does not hold", f"{prefix}.")
+    if before == "local" and cross:
+        return evidence, ("holds", f"{prefix} and cross-shaped ({last['cross_index']:.2f}).")
+    return evidence, (
+        "holds with a caveat",
+        f"{prefix}, cross index {last['cross_index']:.2f} (cross from {CROSS_MIN_INDEX}).",
+    )
+
+
 def claim_erf_vmamba(inputs: Inputs) -> Claim:
     init = erf_rows(inputs, ("vmamba",), trained=False)
     trained = erf_rows(inputs, ("vmamba",), trained=True)
-    if init.empty and trained.empty:
+    experiment = _experiment(inputs)
+    if init.empty and trained.empty and experiment is None:
         return missing("6", CLAIMS["6"], "VMamba rows in results/erf/erf.csv")
     evidence = "erf.csv: " + "; ".join(
         t for t in (erf_text(init, "random init"), erf_text(trained, "trained")) if t
     )
+    if experiment is not None:
+        evidence = f"{evidence}; {experiment[0]}" if len(init) or len(trained) else experiment[0]
+    if trained.empty and experiment is not None:
+        return Claim("6", CLAIMS["6"], evidence, *experiment[1])
     if trained.empty:
         extents = ", ".join(
             f"{m} {extent(f)}" for m, f in zip(init["model"], init["r50_frac"], strict=True)
@@ -102,5 +163,7 @@ def claim_erf_vmamba(inputs: Inputs) -> Claim:
                     f"{CROSS_MIN_INDEX}).",
                 )
             )
+    if experiment is not None:
+        results.append(experiment[1])
     verdict, why = combine(results)
     return Claim("6", CLAIMS["6"], evidence, verdict, why)

@@ -1,0 +1,207 @@
+"""study.train_task, study.train, the micro models and `study.erf run_dir=`: the task is
+deterministic and needs both distant glyphs, checkpoints load weights-only, a resumed run ends
+with the same weights as an uninterrupted one, ERFs over a 2-step run. CPU, tiny sizes."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from study import train_task
+from study.erf.run import run as erf_run
+from study.models import create, family_of
+from study.models.micro import MICRO_MODELS
+from study.train import run as train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose(name: str, **overrides) -> object:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def _tiny(run_dir: Path, **overrides) -> object:
+    args = dict(model="[test_resnet]", img_size=32, batch_size=4, steps=4, eval_every=2,
+                save_steps="[0,2,4]", n_val=8, warmup_steps=1, run_dir=str(run_dir))  # fmt: skip
+    return _compose("train", **{**args, **overrides})
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+def test_task_is_deterministic() -> None:
+    a, label_a = train_task.sample(3, "train", 17, 64)
+    b, label_b = train_task.sample(3, "train", 17, 64)
+    assert np.array_equal(a, b) and label_a == label_b
+    c, _ = train_task.sample(3, "val", 17, 64)
+    assert not np.array_equal(a, c)  # the splits differ
+    x, y = train_task.batch(0, "train", 0, 4, 64)
+    assert x.shape == (4, 3, 64, 64) and y.dtype == torch.long
+
+
+def _colour_in(image: np.ndarray, x_lo: int, x_hi: int) -> int:
+    """Which palette colour the one mark between columns x_lo and x_hi has."""
+    region = image[:, x_lo:x_hi].reshape(-1, 3).astype(float)
+    lit = region[region.max(axis=1) >= 160]  # noise is N(40, 20): 160 is 6 sigma
+    assert len(lit) > 0
+    colours = {int(np.abs(train_task.PALETTE - px).sum(axis=1).argmin()) for px in lit}
+    assert len(colours) == 1
+    return colours.pop()
+
+
+def test_label_needs_both_distant_marks() -> None:
+    """The label is 'the mark in the left third has the colour of the one in the right third';
+    the middle third is empty, and either mark alone leaves the label at chance."""
+    size = 64
+    third = size // 3
+    left_rate: dict[int, list[int]] = {}
+    right_rate: dict[int, list[int]] = {}
+    for index in range(400):
+        image, label = train_task.sample(0, "train", index, size)
+        assert not (image[:, third : size - third] >= 160).any()
+        left = _colour_in(image, 0, third)
+        right = _colour_in(image, size - third, size)
+        assert label == int(left == right)
+        left_rate.setdefault(left, []).append(label)
+        right_rate.setdefault(right, []).append(label)
+    for rates in (left_rate, right_rate):
+        assert len(rates) == len(train_task.PALETTE)
+        for labels in rates.values():
+            assert 0.3 < np.mean(labels) < 0.7  # one mark alone says little about the label
+
+
+def test_samples_png(tmp_path: Path) -> None:
+    train_task.main(["--out", str(tmp_path / "s.png"), "--n", "4"])
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+# --- the micro models ---------------------------------------------------------------------------
+
+
+def test_micro_models_matched() -> None:
+    counts = {}
+    for name in MICRO_MODELS:
+        model = create(name, 64, num_classes=2)
+        counts[name] = sum(p.numel() for p in model.parameters())
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+    print("\n".join(f"{n:16s} {family_of(n):10s} {c / 1e6:.2f} M" for n, c in counts.items()))
+    families = {family_of(n) for n in MICRO_MODELS}
+    assert families == {"cnn", "vit", "vim", "vmamba", "gated_cnn"}
+    assert all(2.0e6 <= c <= 3.0e6 for c in counts.values()), counts
+    assert max(counts.values()) / min(counts.values()) < 1.3
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def test_checkpoints_load_weights_only(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path))
+    folder = tmp_path / "test_resnet"
+    assert sorted(p.name for p in folder.glob("step_*.pth")) == [
+        "step_000000.pth", "step_000002.pth", "step_000004.pth"
+    ]  # fmt: skip
+    for path in [*folder.glob("step_*.pth"), folder / "resume.pth"]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert all(torch.is_tensor(v) for v in state["model"].values())
+        plain = int | float | str | type(None)
+        meta = state["meta"]
+        assert all(isinstance(v, plain) for k, v in meta.items() if k != "config")
+        assert all(isinstance(v, plain) for v in meta["config"].values())
+    with (folder / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in rows)
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path / "whole"))
+    train_run(_tiny(tmp_path / "split", stop_after=2))  # interrupted after step 2
+    assert not (tmp_path / "split" / "test_resnet" / "step_000004.pth").exists()
+    train_run(_tiny(tmp_path / "split"))  # the same command again: resumes at step 2
+    whole = torch.load(tmp_path / "whole/test_resnet/step_000004.pth", weights_only=True)
+    split = torch.load(tmp_path / "split/test_resnet/step_000004.pth", weights_only=True)
+    for key, value in whole["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+    columns = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    logs = []
+    for name in ("whole", "split"):
+        with (tmp_path / name / "test_resnet" / "train.csv").open() as f:
+            logs.append([tuple(r[c] for c in columns) for r in csv.DictReader(f)])
+    assert logs[0] == logs[1]
+
+
+def test_train_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="save_steps"):
+        train_run(_tiny(tmp_path, save_steps="[0,9]"))
+    with pytest.raises(ValueError, match="unknown model"):
+        train_run(_tiny(tmp_path, model="[nope]"))
+    train_run(_tiny(tmp_path, stop_after=2))
+    with pytest.raises(ValueError, match="lr=0.001 .now 0.01."):  # resume with other settings
+        train_run(_tiny(tmp_path, lr=0.01))
+
+
+# --- ERF over a run's checkpoints ---------------------------------------------------------------
+
+
+def test_erf_over_checkpoints(tmp_path: Path) -> None:
+    train_run(_tiny(tmp_path / "run", model="[test_resnet,test_vit]", steps=2, eval_every=1,
+                    save_steps="[0,2]"))  # fmt: skip
+    out = tmp_path / "erf"
+    out.mkdir()
+    old = "model,family,weights,r50_frac\nresnet50,cnn,random init,0.01\n"
+    (out / "erf.csv").write_text(old)
+    cfg = _compose("erf", run_dir=str(tmp_path / "run"), n_images=2, run_img_size=64,
+                   out_dir=str(out))  # fmt: skip
+    rows = erf_run(cfg)
+    assert [(r["model"], r["step"], r["weights"]) for r in rows] == [
+        ("test_resnet", 0, "random init"), ("test_resnet", 2, "trained"),
+        ("test_vit", 0, "random init"), ("test_vit", 2, "trained"),
+    ]  # fmt: skip
+    assert all(r["img_size"] == 64 and r["run"] == "run" for r in rows)
+    for name in ("erf_train_grid_log10.png", "erf_train_metrics.png", "erf_test_vit_step2.npy"):
+        assert (out / name).is_file(), name
+    with (out / "erf.csv").open() as f:
+        written = list(csv.DictReader(f))
+    assert written[0]["model"] == "resnet50" and written[0]["run"] == ""  # earlier row kept
+    assert len(written) == 5
+    erf_run(cfg)  # again: the run's rows are replaced, not added twice
+    with (out / "erf.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+
+# --- claim 6 from the experiment ------------------------------------------------------------------
+
+
+def _erf_frame(acc: float) -> pd.DataFrame:
+    base = {"family": "vmamba", "img_size": 256, "area_ratio_99": 0.5, "run": "r"}
+    rows = [
+        {"model": "vmamba_tiny", "family": "vmamba", "weights": "random init", "img_size": 1024,
+         "r50_frac": 0.04, "cross_index": 1.1, "area_ratio_99": 0.1, "run": None, "step": None,
+         "val_acc": None},
+        {**base, "model": "vmamba_micro", "weights": "random init", "r50_frac": 0.03,
+         "cross_index": 1.0, "step": 0, "val_acc": None},
+        {**base, "model": "vmamba_micro", "weights": "trained", "r50_frac": 0.2,
+         "cross_index": 1.5, "step": 400, "val_acc": acc},
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_claim6_reads_the_experiment() -> None:
+    from study.report.claims_common import Inputs
+    from study.report.claims_erf import claim_erf_vmamba
+
+    learned = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(0.9)))
+    assert learned.verdict == "holds"
+    assert "controlled small-scale test" in learned.evidence and "not ImageNet" in learned.why
+    assert "vmamba_tiny" in learned.evidence  # the random-init row is still cited
+    chance = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(0.55)))
+    assert chance.verdict == "not testable here" and "did not learn" in chance.why
+    without = _erf_frame(0.9).iloc[:1]
+    assert claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=without)).verdict == (
+        "not testable here"
+    )
