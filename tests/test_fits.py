@@ -4,8 +4,10 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from study.measure import fits
+from study.models import create
 from study.report.fits import fits_section
 
 
@@ -55,3 +57,16 @@ def test_cli_writes_the_csv_and_the_report_section_reads_it(tmp_path):
     assert f"| resnet50 | — / {frame['batch'].iloc[1]} |" in text
     assert (tmp_path / "plots" / "fits_cuda_predicted_bfloat16.png").exists()
     assert fits_section(tmp_path / "nothing", tmp_path / "plots") == []
+
+
+def test_batches_near_a_capacity_are_decided_by_a_prediction_not_the_extrapolation():
+    with torch.device("meta"):
+        model = create("resnet50", 224)
+    p1 = fits._peak_mib(model, 224, 1, "bfloat16")
+    per_image = fits._peak_mib(model, 224, 2, "bfloat16") - p1
+    edge_gib = (p1 + 3 * per_image) / fits.GIB_MIB  # batch 4 lands on the capacity
+    far_gib = (p1 + 5 * per_image) / fits.GIB_MIB  # halfway between batch 4 and 8: far from both
+    near, far = fits.fits_rows("resnet50", 224, "bfloat16", (edge_gib, far_gib))
+    assert not math.isnan(near["verified_peak_gib"])
+    assert near["verified_peak_gib"] <= edge_gib
+    assert math.isnan(far["verified_peak_gib"]) and far["batch"] == 4

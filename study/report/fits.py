@@ -70,18 +70,18 @@ def fits_section(results_dir: str | Path, plot_dir: str | Path) -> list[str]:
         f"Predicted, not measured: the largest power-of-two batch whose CUDA inference peak "
         f"(what `torch.cuda.max_memory_allocated()` would report, predicted without a GPU on "
         f"fake CUDA tensors through a model of PyTorch's caching allocator) fits {caps} GiB. "
-        "The peak is predicted at batch 1 and 2 and extrapolated (affine in the batch); the CUDA "
-        "context and cuBLAS/cuDNN workspaces are not counted. — : batch 1 does not fit. From "
-        f"`make fits` (`results/{FITS_FILE}`).",
+        "The peak is predicted at batch 1 and 2 and extrapolated (affine in the batch); where "
+        "the extrapolation comes within 5% of a capacity the batch is decided by predicting it. "
+        "The CUDA context and cuBLAS/cuDNN workspaces are not counted. — : batch 1 does not "
+        f"fit. From `make fits` (`results/{FITS_FILE}`).",
         "",
     ]
     checked = frame.dropna(subset=["linearity_error_pct"])
     if not checked.empty:
         worst = checked["linearity_error_pct"].abs().max()
-        models = ", ".join(dict.fromkeys(checked["model"]))
         out += [
-            f"Extrapolation checked by a prediction at each batch found for {models}: within "
-            f"{worst:.1f}% of the extrapolated peak.",
+            f"The extrapolation, where checked by a prediction ({len(checked)} of {len(frame)} "
+            f"cells): within {worst:.1f}% of the predicted peak.",
             "",
         ]
     for precision, section in frame.groupby("precision", sort=False):
