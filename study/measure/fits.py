@@ -5,12 +5,15 @@
                                  [--precisions float32 bfloat16] [--verify MODEL ...]
 
 For each model, size and precision the CUDA peak (`peak_mib` of `cuda_memory.predict_cuda_memory`:
-what `torch.cuda.max_memory_allocated()` would report, no GPU needed) is predicted at batch 1 and
-2. It is affine in the batch for these models (weights once, activations per image; the
-allocator's rounding aside), so the peak at batch b is extrapolated as p1 + (b - 1)(p2 - p1) and
+what `torch.cuda.max_memory_allocated()` would report, no GPU needed) is predicted at batch 16 and
+32 (FIT_BATCHES). It is affine in the batch for these models from a few images on (weights once,
+activations per image; the allocator's rounding aside), so the peak at batch b is extrapolated
+along that line, and
 the largest power of two under each capacity follows. Where the extrapolated peak at that batch,
 or at the next power of two, lies within NEAR_PCT (5%) of the capacity, it is predicted there too
-(the extrapolation was measured within -3.2%..+1.1% of the prediction over vim_tiny's grid), and
+(fitted from batches 1 and 2 instead, the line was off by up to +21%: at batch 1 some models peak
+at a different op, e.g. convnext_tiny holds 15.2 MiB of activations per image at batch 1 and
+12.6 MiB from batch 2 on), and
 the batch is halved or doubled until the prediction decides; for the models in `--verify` the
 batch found is always predicted. The CSV gives the prediction at the batch found
 (`verified_peak_gib`, NaN where the extrapolation was far enough from the edge) and the first
@@ -50,9 +53,10 @@ MODELS = (
 )  # fmt: skip  (the default sweep's models, conf/sweep/default.yaml)
 SIZES_PX = (224, 384, 512, 768, 1024, 1248)
 MAX_BATCH = 2**20
+FIT_BATCHES = (16, 32)  # the line's two predictions
 NEAR_PCT = 5.0  # extrapolations within this of a capacity are checked by a prediction
 COLUMNS = ("model", "family", "img_size", "precision", "capacity_gib", "batch",
-           "peak_gib", "verified_peak_gib", "linearity_error_pct", "peak_batch1_mib",
+           "peak_gib", "verified_peak_gib", "linearity_error_pct", "fit_batch1_mib",
            "per_image_mib", "device", "source")  # fmt: skip
 
 
@@ -83,11 +87,13 @@ def fits_rows(
     capacities_gib: tuple[float, ...] = CAPACITIES_GIB,
     verify: bool = False,
 ) -> list[dict]:
-    """One row per capacity for (model, size, precision), from predictions at batch 1 and 2."""
+    """One row per capacity for (model, size, precision), from the line through FIT_BATCHES."""
     with torch.device("meta"):  # no weights: the predictions need shapes only
         model = create(name, size)
-    p1 = _peak_mib(model, size, 1, precision)
-    per_image = _peak_mib(model, size, 2, precision) - p1
+    low, high = FIT_BATCHES
+    p_low = _peak_mib(model, size, low, precision)
+    per_image = (_peak_mib(model, size, high, precision) - p_low) / (high - low)
+    p1 = p_low - (low - 1) * per_image  # the line at batch 1
     rows, near = [], NEAR_PCT / 100
     for cap in capacities_gib:
         cap_mib = cap * GIB_MIB
@@ -100,8 +106,8 @@ def fits_rows(
             while batch and verified > cap_mib:  # the extrapolation was a little short
                 batch //= 2
                 verified = _peak_mib(model, size, batch, precision) if batch else math.nan
-        up = 2 * batch
-        while batch and up <= MAX_BATCH and p1 + (up - 1) * per_image < cap_mib * (1 + near):
+        up = 2 * batch if batch else 1
+        while up <= MAX_BATCH and p1 + (up - 1) * per_image < cap_mib * (1 + near):
             above = _peak_mib(model, size, up, precision)  # the next power of two, near the edge
             if math.isnan(error):
                 error = 100 * (above / (p1 + (up - 1) * per_image) - 1)
@@ -113,7 +119,7 @@ def fits_rows(
             "model": name, "family": family_of(name), "img_size": size, "precision": precision,
             "capacity_gib": cap, "batch": batch, "peak_gib": peak / GIB_MIB,
             "verified_peak_gib": verified / GIB_MIB, "linearity_error_pct": error,
-            "peak_batch1_mib": p1, "per_image_mib": per_image,
+            "fit_batch1_mib": p1, "per_image_mib": per_image,
             "device": "cuda", "source": "predicted",
         })  # fmt: skip
     return rows
