@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint format sweep predict report erf erf-train breakdown bench gpu-wheels gpu-check
+.PHONY: help install test test-all lint format sweep predict fits report erf erf-train breakdown bench gpu-wheels gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ predict: $(STAMP) ## GMACs and predicted memory of the default grid and naive sc
 	$(PY) -m study.sweep sweep=predicted results_dir=results/predicted
 	$(PY) -m study.sweep sweep=naive_scan measure.measured_memory=false measure.throughput=false \
 		results_dir=results/predicted
+
+fits: $(STAMP) ## largest power-of-two batch whose predicted CUDA inference peak fits 24/40/80/141 GiB; writes results/fits_cuda_predicted.csv
+	$(PY) -m study.measure.fits --out results/fits_cuda_predicted.csv
 
 report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and plots
 	$(PY) -m study.report results

@@ -550,8 +550,6 @@ def _check_value(key: str, value: str) -> str | None:
         allowed = options[key]
         if value not in allowed:
             return f"unknown {key} {value!r}; allowed: {', '.join(allowed)}"
-        if key == "device" and value == "cuda" and not torch.cuda.is_available():
-            return "device=cuda, but this machine has no CUDA GPU that torch can use"
     elif key == "options" and value not in OPTIONS:
         return f"unknown options {value!r}; allowed: {', '.join(OPTIONS)}"
     elif key == "scan_backend":
@@ -567,6 +565,11 @@ def _check_values(values: dict[str, str]) -> str | None:
     for key, value in values.items():
         if (complaint := _check_value(key, value)) is not None:
             return complaint
+    real = [k for k in ("measure.measured_memory", "measure.throughput") if values.get(k) == "True"]
+    if values.get("device") == "cuda" and not torch.cuda.is_available() and real:
+        off = " ".join(f"{k}=false" for k in real)
+        return (f"device=cuda, but this machine has no CUDA GPU that torch can use: without one "
+                f"only predictions run (set {off}, or use sweep=gpu_predicted)")  # fmt: skip
     low, high = values.get("measure.min_steps"), values.get("measure.max_steps")
     if low is not None and high is not None and int(low) > int(high):
         return f"measure.min_steps ({low}) must not exceed measure.max_steps ({high})"

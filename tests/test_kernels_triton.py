@@ -258,6 +258,26 @@ def test_split_sequence_with_a_last_state_gradient():
 
 
 @needs_interpreter
+def test_split_deterministic_backward_with_the_256_element_tile():
+    # BLOCK_L 16, BLOCK_D 1: the spill-free default of this launch in bfloat16 at d_state 16
+    from kernels.selective_scan import triton_bwd, triton_configs, triton_fwd
+
+    x = make_scan_inputs(1, 4, 16, 150, groups=None)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    g_y, g_last = torch.randn(1, 4, 150), torch.randn(1, 4, 16)
+    _, _, states = triton_fwd.fwd(*args, True, False, segments=1)
+    want = triton_bwd.bwd(g_y, g_last, states, *args, True, False, segments=1)
+    cfg = triton.Config({"BLOCK_L": 16, "BLOCK_D": 1}, num_warps=4, num_stages=1)
+    with triton_configs.forced_config(cfg):
+        got = triton_bwd.bwd(g_y, g_last, states, *args, True, False, deterministic=True,
+                             segments=3)  # fmt: skip
+    for a, b in zip(want, got, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel_err(b, a) < 1e-5
+
+
+@needs_interpreter
 def test_deterministic_sums_match_and_repeat_bit_for_bit():
     x = make_scan_inputs(2, 12, 3, 70, groups=2)
     y, last, grads, grad_y = scan_with_grads(x, "triton", True, False)

@@ -183,6 +183,10 @@ def peak_memory(
             mem.update(os_peak_memory(model, img_size, batch, precision, channels_last, in_chans,
                                       scan_backend=backend))  # fmt: skip
         return mem
+    if device_type == "cuda":  # the CUDA caching allocator's rules: study/measure/cuda_memory.py
+        from study.measure.cuda_memory import predict_cuda_memory
+
+        return predict_cuda_memory(model, shape, precision, channels_last)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
         return _tracked_forward(model, state, shape, device, precision, channels_last)
@@ -205,6 +209,11 @@ def predict(
         raise ValueError(f"batch and img_size must be positive, got batch={batch}, {img_size=}")
     shape = (batch, in_chans, img_size, img_size)
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
+    if torch.device(device).type == "cuda":  # no GPU needed: study/measure/cuda_memory.py
+        from study.measure.cuda_memory import predict_cuda_memory
+
+        mem = predict_cuda_memory(model, shape, precision, channels_last, counter)
+        return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
         mem = _tracked_forward(model, state, shape, device, precision, channels_last, counter)

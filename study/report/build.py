@@ -9,6 +9,7 @@ import pandas as pd
 from study.report import analysis, memory_check, plots
 from study.report.breakdown import breakdown_section
 from study.report.claims import claims_section
+from study.report.fits import fits_section
 from study.report.load import load_table, sections, slug
 from study.report.markdown import NOT_RUN, STATUS_TEXT, fmt, md_table, metric_table
 from study.report.published import (
@@ -324,6 +325,7 @@ def build_report(
     lines += _skipped(skipped, results_dir)
     lines += _erf(results_dir)
     lines += breakdown_section(results_dir, plot_dir)  # issue 11
+    lines += fits_section(results_dir, plot_dir)  # issue 13: predicted, from make fits
     report = results_dir / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")
     return report

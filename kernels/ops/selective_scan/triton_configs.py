@@ -1,8 +1,8 @@
 """Launch configurations of the Triton scan: candidates, spill pruning, autotuning, defaults.
 
 Candidates: (BLOCK_L, BLOCK_D) so that the (BLOCK_L, BLOCK_D, BLOCK_N) tile holds 4096, 2048,
-1024 or 512 elements (BLOCK_L = 64 where BLOCK_D >= 1 allows it, else 32 or 16), times num_warps in
-{4, 8} and NUM_STAGES (see there). `python -m kernels.compile_check --write`
+1024, 512 or 256 elements (BLOCK_L = 64 where BLOCK_D >= 1 allows it, else 32 or 16), times
+num_warps in {4, 8} and NUM_STAGES (see there). `python -m kernels.compile_check --write`
 compiles every candidate for sm_80 and sm_90 at the zoo's shapes and writes the spill bytes ptxas
 reports into `triton_spills.json` beside this file; a candidate that spilled anywhere is pruned
 before autotuning (a config never measured is kept). On a GPU the autotuner then times the
@@ -29,6 +29,7 @@ TILE_SIZES = (
     2048,
     1024,
     512,
+    256,  # (16, 1) at d_state 16: the bfloat16 split+deterministic backward spills above it
 )  # elements of the (BLOCK_L, BLOCK_D, BLOCK_N) tile, by preference
 NUM_WARPS = (4, 8)
 # num_stages: measured to change nothing here (identical registers, spills and shared memory at
