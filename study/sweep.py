@@ -47,7 +47,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import kernels
 from kernels.selective_scan import resolve_backend
 from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
-from study.measure import peak_memory, predict
+from study.measure import peak_memory, predict, predict_train, train_memory
 from study.measure.device import device_name, device_tag, memory_mib
 from study.measure.quiet import quiet_throughput
 from study.models import OPTIONS, ablation, create, family_of, options_of
@@ -61,6 +61,7 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")
 ATTNS = ("fused", "naive")
 WINDOWS = ("fixed", "scaled")
+SKIPPED_KEYS = ("input_mib", "optimizer_mib")  # memory keys with no row column
 LIMIT_SLACK = 0.05  # an oom row's limit counts as raised only past this (MemAvailable drifts)
 
 
@@ -153,6 +154,7 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
         window=cell.get("window", ""),
         scan_backend=cell["scan_backend"],
         options=cell["options"],
+        mode="train" if cell["measure"]["train"] else "inference",
         error="",
         torch_version=torch.__version__,
         triton_version=_version("triton"),
@@ -269,9 +271,10 @@ def largest_batch(model, cell: dict, limit_mib: float) -> int:
     """The largest power of two <= max_batch whose predicted peak fits in `limit_mib`."""
     batch = 0
     candidate = 1
+    memory = train_memory if cell["measure"]["train"] else peak_memory
     while candidate <= cell["max_batch"]:
-        mem = peak_memory(model, cell["img_size"], candidate, "predicted", cell["device"],
-                          cell["precision"], cell["measure"]["channels_last"])  # fmt: skip
+        mem = memory(model, cell["img_size"], candidate, "predicted", cell["device"],
+                     cell["precision"], cell["measure"]["channels_last"])  # fmt: skip
         if mem["peak_mib"] > limit_mib:
             break
         batch, candidate = candidate, 2 * candidate
@@ -312,7 +315,10 @@ def measure_cell(
     # The first fake forward: a size the model cannot take fails here, as `invalid`.
     batch = largest_batch(model, cell, limit_mib) if cell["batch"] == "auto" else cell["batch"]
     row["infer_batch_size"] = batch
-    pred = predict(model, size, batch, device, precision, channels_last)
+    # measure.train: a training step (forward, loss, backward, AdamW), mode "train" in the row
+    pred = (predict_train if opts["train"] else predict)(
+        model, size, batch, device, precision, channels_last
+    )
     row["infer_gmacs"] = pred["gmacs"] / batch
     row.update({f"predicted_{k}": pred[k] for k in ("params_mib", "activations_mib", "peak_mib")})
     if runs and pred["peak_mib"] > limit_mib:
@@ -326,8 +332,9 @@ def measure_cell(
 
     stage[0] = "run"
     if opts["measured_memory"]:
-        mem = peak_memory(model, size, batch, "measured", device, precision, channels_last)
-        row.update({f"measured_{k}": v for k, v in mem.items() if k != "input_mib"})
+        memory = train_memory if opts["train"] else peak_memory
+        mem = memory(model, size, batch, "measured", device, precision, channels_last)
+        row.update({f"measured_{k}": v for k, v in mem.items() if k not in SKIPPED_KEYS})
     if opts["throughput"]:
         # An inference forward that just ran (measured memory) is a warm-up step already.
         warmed = opts["measured_memory"] and not opts["train"] and not opts["compile"]
