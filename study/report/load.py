@@ -34,9 +34,10 @@ ATTENTION_FAMILIES: tuple[str, ...] = ("vit", "windowed_vit")
 def tidy(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts of `COLUMNS`, extra keys ignored) -> DataFrame with one line per cell.
 
-    Adds `ms_per_img` (step time / batch) and `variant` (model name plus the settings that tell its
-    measured variants apart). Missing columns become NaN or "". Of several rows for one cell, an
-    `error` row loses to any other; otherwise the newest (`time`) wins.
+    Adds `ms_per_img` (step time / batch; `train_step_time` on training rows) and `variant`
+    (model name plus the settings that tell its measured variants apart). Missing columns become
+    NaN or "". Of several rows for one cell, an `error` row loses to any other; otherwise the
+    newest (`time`) wins.
     """
     columns = [c for c in COLUMNS if c not in ("options", "mode")]  # `_settings` gives them
     frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
@@ -62,7 +63,8 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
     frame = frame.sort_values(["_rank", "time"]).drop_duplicates(list(CELL_KEY), keep="last")
     frame = frame.drop(columns="_rank")
 
-    frame["ms_per_img"] = frame["infer_step_time"] / frame["infer_batch_size"].fillna(1)
+    step_ms = frame["infer_step_time"].where(frame["mode"] != "train", frame["train_step_time"])
+    frame["ms_per_img"] = step_ms / frame["infer_batch_size"].fillna(1)  # a training step's too
     frame["variant"] = variant_labels(frame)
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
     frame["_family_rank"] = frame["family"].map(order).fillna(len(order))
