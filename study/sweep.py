@@ -56,6 +56,17 @@ from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 log = logging.getLogger("study.sweep")
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def batch_pixels_at_most(img_size: int, batch: int, limit_px: int) -> bool:
+    """Whether batch·img_size² <= limit_px²: a preset measures for real only the cells this small
+    (`measured_memory: ${batch_pixels_at_most:${img_size},${batch},640}`) and predicts the rest."""
+    if str(batch) == "auto":
+        raise ValueError("batch_pixels_at_most needs a number for batch, not auto")
+    return int(batch) * int(img_size) ** 2 <= int(limit_px) ** 2
+
+
+OmegaConf.register_new_resolver("batch_pixels_at_most", batch_pixels_at_most, replace=True)
 SCAN_FAMILIES = ("vim", "vmamba")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")

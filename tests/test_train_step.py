@@ -100,3 +100,29 @@ def test_sweep_train_cell_writes_a_train_row(tmp_path):
         "test_vit": "train",
         "test_resnet": "inference",
     }
+
+
+def _preset_cells(preset: str) -> list[dict]:
+    with initialize_config_dir(str(sweep.CONF_DIR), version_base="1.3"):
+        cfg = compose("sweep", overrides=[f"sweep={preset}"], return_hydra_config=True)
+        jobs = sweep.expand_jobs(cfg.hydra.sweeper.params, [])
+        return [sweep.cell_of(compose("sweep", overrides=[f"sweep={preset}", *job])) for job in jobs]
+
+
+def test_train_preset_measures_small_cells_and_predicts_the_rest():
+    cells = _preset_cells("train")
+    assert len(cells) == 80 and all(c["measure"]["train"] for c in cells)
+    measured = {(c["img_size"], c["batch"]) for c in cells if sweep.runs_for_real(c)}
+    assert measured == {(224, 1), (384, 1), (512, 1), (224, 8)}
+    assert sum(sweep.runs_for_real(c) for c in cells) == 32
+    assert sweep.batch_pixels_at_most(640, 1, 640) and not sweep.batch_pixels_at_most(384, 8, 640)
+
+
+def test_gpu_preset_has_training_cells_and_keeps_its_inference_cells():
+    """Read from the sweeper's params (composing all 768 gpu cells takes minutes)."""
+    with initialize_config_dir(str(sweep.CONF_DIR), version_base="1.3"):
+        gpu = compose("sweep", overrides=["sweep=gpu"], return_hydra_config=True)
+        check = compose("sweep", overrides=["sweep=gpu_check"], return_hydra_config=True)
+    assert str(gpu.hydra.sweeper.params["measure.train"]) == "false,true"
+    assert len(sweep.expand_jobs(gpu.hydra.sweeper.params, [])) == 768
+    assert str(check.hydra.sweeper.params["measure.train"]) == "False"
