@@ -106,7 +106,8 @@ def _preset_cells(preset: str) -> list[dict]:
     with initialize_config_dir(str(sweep.CONF_DIR), version_base="1.3"):
         cfg = compose("sweep", overrides=[f"sweep={preset}"], return_hydra_config=True)
         jobs = sweep.expand_jobs(cfg.hydra.sweeper.params, [])
-        return [sweep.cell_of(compose("sweep", overrides=[f"sweep={preset}", *job])) for job in jobs]
+        cfgs = [compose("sweep", overrides=[f"sweep={preset}", *job]) for job in jobs]
+    return [sweep.cell_of(c) for c in cfgs]
 
 
 def test_train_preset_measures_small_cells_and_predicts_the_rest():
