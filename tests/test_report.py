@@ -396,7 +396,7 @@ def test_training_rows_get_their_own_tables_exponents_and_crossovers(tmp_path: P
     assert sorted(timed["ms_per_img"]) == [30.0, 120.0]
     # the memory check names training rows and the ±15% check at the largest size
     assert "Training step, at each model's largest measured size:" in text
-    assert "(2 of 2 within ±15%)" in text
+    assert "(2 of 2 within ±15%)" in text and "vim_tiny @1024 batch 1 -4.8%" in text
 
 
 def test_claims_read_inference_rows_only(tmp_path: Path) -> None:

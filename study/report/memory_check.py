@@ -41,6 +41,7 @@ def error_frame(frame: pd.DataFrame) -> pd.DataFrame:
     ok = ok[ok["measured_rss_activations_mib"] > 0]
     out = ok[["device_name", "family", "variant", "infer_img_size"]].copy()
     out.insert(3, "mode", ok.get("mode", "inference"))
+    out.insert(5, "batch", ok["infer_batch_size"])
     out["predicted MiB"] = ok["predicted_activations_mib"]
     out["tracked MiB"] = ok["measured_activations_mib"]
     out["OS MiB"] = ok["measured_rss_activations_mib"]
@@ -103,9 +104,11 @@ def _train_check(errors: pd.DataFrame) -> list[str]:
     train = errors[errors["mode"] == "train"]
     if train.empty:
         return []
-    largest = train.sort_values("infer_img_size").groupby(["device_name", "variant"]).tail(1)
+    by_size = train.sort_values(["infer_img_size", "batch"])
+    largest = by_size.groupby(["device_name", "variant"]).tail(1)
     cells = ", ".join(
-        f"{r['variant']} @{r['infer_img_size']} {r['error %']:+.1f}%" for _, r in largest.iterrows()
+        f"{r['variant']} @{r['infer_img_size']} batch {r['batch']:g} {r['error %']:+.1f}%"
+        for _, r in largest.iterrows()
     )
     inside = (largest["error %"].abs() <= TRAIN_TOLERANCE_PCT).sum()
     return [
