@@ -76,6 +76,13 @@ COLUMNS: tuple[str, ...] = (
     "step_spread",  # median step time / fastest step time - 1
     "timing_note",  # "" for a quiet timing; why it is not trusted otherwise
     "config_hash",  # hash of the measured cell's config: resume key
+    # issue 14: "inference" (one forward) or "train" (a training step: forward, cross-entropy,
+    # backward, AdamW step; measure.train=true). A train row holds the step's figures in the
+    # same columns: infer_gmacs = forward + backward GMACs per image; *_activations_mib =
+    # everything the step allocates beyond weights, AdamW's state and input (activations,
+    # gradients, temporaries); *_peak_mib includes AdamW's state; train_* the step's timing.
+    # Rows written before it have no mode: inference unless their config says measure.train.
+    "mode",
 )
 
 # The columns that hold numbers (the rest are text); readers convert these.

@@ -47,7 +47,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import kernels
 from kernels.ops.selective_scan import resolve_backend
 from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
-from study.measure import peak_memory, predict
+from study.measure import peak_memory, predict, predict_train, train_memory
 from study.measure.device import device_name, device_tag, memory_mib
 from study.measure.quiet import quiet_throughput
 from study.models import OPTIONS, ablation, create, family_of, options_of
@@ -56,11 +56,23 @@ from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 log = logging.getLogger("study.sweep")
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def batch_pixels_at_most(img_size: int, batch: int, limit_px: int) -> bool:
+    """Whether batch·img_size² <= limit_px²: a preset measures for real only the cells this small
+    (`measured_memory: ${batch_pixels_at_most:${img_size},${batch},640}`) and predicts the rest."""
+    if str(batch) == "auto":
+        raise ValueError("batch_pixels_at_most needs a number for batch, not auto")
+    return int(batch) * int(img_size) ** 2 <= int(limit_px) ** 2
+
+
+OmegaConf.register_new_resolver("batch_pixels_at_most", batch_pixels_at_most, replace=True)
 SCAN_FAMILIES = ("vim", "vmamba")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("float32", "bfloat16")
 ATTNS = ("fused", "naive")
 WINDOWS = ("fixed", "scaled")
+SKIPPED_KEYS = ("input_mib", "optimizer_mib")  # memory keys with no row column
 LIMIT_SLACK = 0.05  # an oom row's limit counts as raised only past this (MemAvailable drifts)
 
 
@@ -153,6 +165,7 @@ def new_row(cfg: DictConfig, cell: dict, key: str) -> dict:
         window=cell.get("window", ""),
         scan_backend=cell["scan_backend"],
         options=cell["options"],
+        mode="train" if cell["measure"]["train"] else "inference",
         error="",
         torch_version=torch.__version__,
         triton_version=_version("triton"),
@@ -269,9 +282,10 @@ def largest_batch(model, cell: dict, limit_mib: float) -> int:
     """The largest power of two <= max_batch whose predicted peak fits in `limit_mib`."""
     batch = 0
     candidate = 1
+    memory = train_memory if cell["measure"]["train"] else peak_memory
     while candidate <= cell["max_batch"]:
-        mem = peak_memory(model, cell["img_size"], candidate, "predicted", cell["device"],
-                          cell["precision"], cell["measure"]["channels_last"])  # fmt: skip
+        mem = memory(model, cell["img_size"], candidate, "predicted", cell["device"],
+                     cell["precision"], cell["measure"]["channels_last"])  # fmt: skip
         if mem["peak_mib"] > limit_mib:
             break
         batch, candidate = candidate, 2 * candidate
@@ -312,7 +326,10 @@ def measure_cell(
     # The first fake forward: a size the model cannot take fails here, as `invalid`.
     batch = largest_batch(model, cell, limit_mib) if cell["batch"] == "auto" else cell["batch"]
     row["infer_batch_size"] = batch
-    pred = predict(model, size, batch, device, precision, channels_last)
+    # measure.train: a training step (forward, loss, backward, AdamW), mode "train" in the row
+    pred = (predict_train if opts["train"] else predict)(
+        model, size, batch, device, precision, channels_last
+    )
     row["infer_gmacs"] = pred["gmacs"] / batch
     row.update({f"predicted_{k}": pred[k] for k in ("params_mib", "activations_mib", "peak_mib")})
     if runs and pred["peak_mib"] > limit_mib:
@@ -326,8 +343,9 @@ def measure_cell(
 
     stage[0] = "run"
     if opts["measured_memory"]:
-        mem = peak_memory(model, size, batch, "measured", device, precision, channels_last)
-        row.update({f"measured_{k}": v for k, v in mem.items() if k != "input_mib"})
+        memory = train_memory if opts["train"] else peak_memory
+        mem = memory(model, size, batch, "measured", device, precision, channels_last)
+        row.update({f"measured_{k}": v for k, v in mem.items() if k not in SKIPPED_KEYS})
     if opts["throughput"]:
         # An inference forward that just ran (measured memory) is a warm-up step already.
         warmed = opts["measured_memory"] and not opts["train"] and not opts["compile"]

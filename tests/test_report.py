@@ -346,3 +346,61 @@ def test_report_cli_refuses_bad_input_with_one_line(tmp_path: Path, args, compla
     assert len(lines) == 1 and complaint in lines[0], proc.stderr
     assert not (tmp_path / "no").exists()  # nothing created
     assert not (tmp_path / "results" / "REPORT.md").exists()  # no work done
+
+
+# --- issue 14: training-step rows (mode "train") beside inference ------------------------------
+
+
+def _train_rows() -> list[dict]:
+    """deit_tiny (quadratic) and vim_tiny (linear) training steps at three sizes, plus the same
+    cells at inference: the report gives the training section its own tables and crossovers."""
+    rows = []
+    for mode in ("inference", "train"):
+        for model, family, k in (("deit_tiny_patch16_224", "vit", 2.0), ("vim_tiny", "vim", 1.0)):
+            for size in (224, 512, 1024):
+                scale = (size / 224) ** (2 * k)
+                base = 3.0 if mode == "train" else 1.0
+                cost = base * scale * (4.0 if family == "vim" else 1.0)
+                step = {"infer_step_time": 10 * cost} if mode == "inference" else {}
+                if mode == "train":
+                    step = {"train_step_time": 10 * cost, "train_samples_per_sec": 100 / cost}
+                rows.append({
+                    "model": model, "family": family, "infer_img_size": size,
+                    "infer_batch_size": 1, "device": "cpu", "device_name": "cpu (test)",
+                    "precision": "float32", "attn": "fused" if family == "vit" else "",
+                    "scan_backend": "cpu" if family == "vim" else "", "status": "ok",
+                    "infer_gmacs": cost, "predicted_peak_mib": 5 * cost,
+                    "measured_peak_mib": 5 * cost, "measured_activations_mib": 4 * cost,
+                    "predicted_activations_mib": 4 * cost,
+                    "measured_rss_activations_mib": 4.2 * cost, "mode": mode,
+                    "time": "2026-12-05T00:00:00+00:00",
+                    "config": {"batch": 1, "measure": {"train": mode == "train"}}, **step,
+                })  # fmt: skip
+    return rows
+
+
+def test_training_rows_get_their_own_tables_exponents_and_crossovers(tmp_path: Path) -> None:
+    for i, row in enumerate(_train_rows()):
+        write_row(row_path(tmp_path, "cpu", f"t{i}"), row)
+    text = build_report(tmp_path, baseline="deit_tiny_patch16_224 (fused)").read_text()
+    train = text.split("## cpu (test) · float32 · batch 1 · training step\n")[1].split("\n## ")[0]
+    assert "GMACs per image of a training step (forward + backward)" in train
+    assert "Training throughput (img/s)" in train and "Published figures" not in train
+    # time per image from train_step_time: vim 4x dearer, linear; deit quadratic -> they cross
+    exponents = train.split("### Scaling exponents")[1].split("### Crossovers")[0]
+    assert "2.00 / 2.00" in exponents and "1.00 / 1.00" in exponents
+    crossover = train.split("### Crossovers")[1]
+    assert "448" in crossover  # (224 px)·√4: where 4·(s/224)² = (s/224)⁴
+    table = pd.read_csv(tmp_path / "results.csv")
+    timed = table[(table["mode"] == "train") & (table["infer_img_size"] == 224)]
+    assert sorted(timed["ms_per_img"]) == [30.0, 120.0]
+    # the memory check names training rows and the ±15% check at the largest size
+    assert "Training step, at each model's largest measured size:" in text
+    assert "(2 of 2 within ±15%)" in text and "vim_tiny @1024 batch 1 -4.8%" in text
+
+
+def test_claims_read_inference_rows_only(tmp_path: Path) -> None:
+    from study.report.claims_common import default_rows
+
+    frame = tidy(_train_rows())
+    assert set(default_rows(frame)["mode"]) == {"inference"}

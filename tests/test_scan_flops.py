@@ -5,23 +5,13 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 import kernels  # noqa: F401  (registers the ops)
 import study.models as zoo
-from study.measure.flops import fake_state
+from study.measure.flops import EXTRA_FORMULAS, fake_state
 
 OPS = torch.ops.kernels
-
-
-def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
-                               _dilation, transposed, _output_padding, groups, output_mask,
-                               out_shape, **kwargs) -> int:  # fmt: skip
-    """torch's formula for aten.convolution_backward counts the weight gradient of a grouped
-    convolution as if ungrouped (C times too much for a depthwise one: torch/utils/flop_counter.py,
-    conv_backward_flop; pytorch/pytorch PR 183405). Each gradient costs what the forward costs."""
-    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
-    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
 
 
 def test_every_op_of_ours_has_a_flop_formula():
@@ -33,6 +23,39 @@ def test_every_op_of_ours_has_a_flop_formula():
     assert all(op in flop_registry for op in ours)
 
 
+def test_depthwise_conv_backward_counts_each_gradient_as_one_forward():
+    """torch's own formula counts a depthwise conv's weight gradient as if ungrouped (C times
+    too much); flops.EXTRA_FORMULAS replaces it: input and weight gradients, one forward each."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=True)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    forward = 2 * 16 * 16 * 64 * 9  # batch x pixels x channels x taps
+    for mapping, expected in (({}, None), (EXTRA_FORMULAS, 2 * forward)):
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter:
+            conv(x).sum().backward()
+        counts = counter.get_flop_counts()["Global"]
+        bwd = counts[torch.ops.aten.convolution_backward] // 2
+        if expected is None:
+            assert bwd > 10 * forward  # the bug the formula corrects
+        else:
+            assert bwd == expected
+            assert counts[torch.ops.aten.convolution] // 2 == forward
+
+
+def test_cross_ops_backward_is_data_movement_counted_as_zero():
+    """cross_scan's backward is cross_merge and the other way round; both only move data, so
+    a forward and backward through each counts exactly 0 MACs, and both ops are seen."""
+    x = torch.randn(1, 8, 5, 6, requires_grad=True)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
+    with counter, kernels.use_backend("reference"):
+        seqs = kernels.cross_scan(x)
+        kernels.cross_merge(seqs.reshape(1, 4, 8, 5, 6)).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert counts[OPS.cross_scan] == counts[OPS.cross_merge] == 0
+    assert counter.get_total_flops() == 0
+
+
 def train_macs(layer: torch.nn.Module, x_shape: tuple[int, ...]) -> dict[str, int]:
     """{op name: multiply-adds} of one forward and one backward (gradients of the input and every
     parameter) of `layer`, on fake tensors with the CPU scan: nothing is computed, and the count
@@ -41,8 +64,7 @@ def train_macs(layer: torch.nn.Module, x_shape: tuple[int, ...]) -> dict[str, in
         state = {k: v.requires_grad_(v.is_floating_point()) for k, v in
                  fake_state(layer, mode, torch.device("cpu")).items()}  # fmt: skip
         x = torch.randn(x_shape, requires_grad=True)
-        fixed = {torch.ops.aten.convolution_backward: grouped_conv_backward_flop}
-        counter = FlopCounterMode(display=False, custom_mapping=fixed)
+        counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
         with counter:  # .backward(): FlopCounterMode's module hooks reject autograd.grad
             functional_call(layer, state, (x,)).float().sum().backward()
     return {str(op): n // 2 for op, n in counter.get_flop_counts()["Global"].items()}

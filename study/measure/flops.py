@@ -8,7 +8,12 @@ formulas (matmuls, convolutions, the CUDA attention kernels) and any formula reg
 - the CPU fused attention kernel, which both fvcore and FlopCounterMode count as zero
   (deit_small at 1248 would lose 72% of its FLOPs);
 - the norms and pooling fvcore counts by default (layer/group norm 5 per element with affine,
-  eval batch norm 2, adaptive average pooling 1), so our totals and fvcore's agree.
+  eval batch norm 2, adaptive average pooling 1), so our totals and fvcore's agree;
+- the backward of a grouped convolution, whose weight gradient torch counts as if ungrouped.
+
+Backward ops of ours (kernels/): `kernels::selective_scan_bwd` registers its own formula;
+`kernels::cross_scan` and `kernels::cross_merge` are each other's backward and move data only
+(0 MACs, registered in kernels/cross_scan/ops.py).
 """
 
 import math
@@ -17,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 aten = torch.ops.aten
 
@@ -49,6 +54,19 @@ def _group_norm_flop(input_shape, weight_shape=None, *args, **kwargs) -> int:
     return FLOPS_PER_MAC * (5 if weight_shape is not None else 4) * math.prod(input_shape)
 
 
+def grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                               _dilation, transposed, _output_padding, groups, output_mask,
+                               out_shape, **kwargs) -> int:  # fmt: skip
+    """Input and weight gradients of a convolution: each costs what the forward costs.
+
+    torch's formula for aten.convolution_backward counts the weight gradient of a grouped
+    convolution as if it were ungrouped, C times too much for a depthwise one
+    (torch/utils/flop_counter.py, conv_backward_flop, torch 2.x). The bias gradient is a sum: 0.
+    """
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (bool(output_mask[0]) + bool(output_mask[1]))
+
+
 # fvcore's defaults beyond matmul/conv, and the CPU attention kernel it and torch both miss.
 EXTRA_FORMULAS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
@@ -57,6 +75,7 @@ EXTRA_FORMULAS = {
     aten._native_batch_norm_legit_no_training: _batch_norm_eval_flop,
     aten.native_batch_norm: _batch_norm_eval_flop,
     aten._adaptive_avg_pool2d: _norm_flop(1),
+    aten.convolution_backward: grouped_conv_backward_flop,
 }
 
 

@@ -14,6 +14,11 @@ allocator's overhead. The OS sees all of it. Procedure, in a fresh interpreter p
    the resident set read; the input already exists, so it is not counted;
 4. one forward; its output is still alive when VmHWM is read, as in the tracker.
 
+`train=True` measures a training step instead (train_step.py: forward, cross-entropy, backward,
+AdamW step): the warm-up step creates AdamW's state, so the resident set before the measured step
+holds weights, optimizer state and input, and its growth is the step's activations, gradients and
+temporaries (train_step's `activations_mib`).
+
 `rss_activations_mib` = VmHWM - VmRSS before the forward; `rss_peak_mib` = VmHWM, the whole
 process (interpreter, libraries, weights, input and activations): what `top` would show.
 """
@@ -56,8 +61,10 @@ def os_peak_memory(
     in_chans: int = 3,
     scan_backend: str = "auto",
     timeout_s: float | None = None,
+    train: bool = False,
 ) -> dict[str, float | str]:
-    """Resident-set growth of one forward of `model` (on the CPU) in a fresh process.
+    """Resident-set growth of one forward (`train=True`: one training step) of `model` (on the
+    CPU) in a fresh process.
 
     Returns {"rss_activations_mib", "rss_peak_mib", "rss_note"}; where the platform cannot give
     the figure, both numbers are NaN and the note says why.
@@ -75,6 +82,7 @@ def os_peak_memory(
             "channels_last": channels_last,
             "threads": torch.get_num_threads(),
             "scan_backend": scan_backend,
+            "train": train,
         }
         path = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **_GLIBC_ENV, "PYTHONPATH": path}
@@ -108,6 +116,8 @@ def _measure(spec: dict) -> dict[str, float | str]:
     fmt = torch.channels_last if spec["channels_last"] else torch.contiguous_format
     x = torch.randn(spec["shape"]).contiguous(memory_format=fmt)
     libc = ctypes.CDLL(None)
+    if spec.get("train"):
+        return _measure_train(model, x, spec, libc)
     with kernels.use_backend(spec["scan_backend"]), torch.no_grad():
         with _autocast("cpu", spec["precision"]):
             model(x)
@@ -119,6 +129,30 @@ def _measure(spec: dict) -> dict[str, float | str]:
             out = model(x)
         peak_kib = _status_kib("VmHWM")
         del out
+    return {
+        "rss_activations_mib": (peak_kib - base_kib) / 1024,
+        "rss_peak_mib": peak_kib / 1024,
+        "rss_note": "",
+    }
+
+
+def _measure_train(model: nn.Module, x: torch.Tensor, spec: dict, libc) -> dict[str, float | str]:
+    """The child's side for a training step: a warm-up step (AdamW's state appears), trim,
+    reset the high-water mark, one step."""
+    import kernels
+    from study.measure.train_step import make_optimizer, train_step
+
+    model.train()
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    with kernels.use_backend(spec["scan_backend"]):
+        train_step(model, x, target, optimizer, spec["precision"])
+        gc.collect()
+        libc.malloc_trim(0)
+        _CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
+        base_kib = _status_kib("VmRSS")
+        train_step(model, x, target, optimizer, spec["precision"])
+        peak_kib = _status_kib("VmHWM")
     return {
         "rss_activations_mib": (peak_kib - base_kib) / 1024,
         "rss_peak_mib": peak_kib / 1024,

@@ -12,9 +12,9 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from study.measure.memory import Precision, _autocast
+from study.measure.train_step import make_optimizer, train_step
 
 
 def synchronize(device: str) -> None:
@@ -23,18 +23,14 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _make_step(model: nn.Module, x: torch.Tensor, train: bool) -> Callable[[], None]:
+def _make_step(
+    model: nn.Module, run: nn.Module, x: torch.Tensor, train: bool, precision: Precision
+) -> Callable[[], None]:
     if not train:
-        return lambda: model(x)
+        return lambda: run(x)
     target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-
-    def step() -> None:
-        out = model(x)
-        logits = out if out.dim() == 2 else out.flatten(1)
-        F.cross_entropy(logits.float(), target).backward()
-        model.zero_grad(set_to_none=True)
-
-    return step
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    return lambda: train_step(run, x, target, optimizer, precision)
 
 
 def throughput(
@@ -52,7 +48,9 @@ def throughput(
     budget_s: float = 10.0,
     in_chans: int = 3,
 ) -> dict[str, float | int]:
-    """Time forward passes (train=True: forward, cross-entropy, backward) of a random batch.
+    """Time forward passes of a random batch (train=True: training steps, train_step.py: forward,
+    cross-entropy, backward, AdamW step; the model's weights change, AdamW's state is made in
+    the first warm-up step).
 
     `model` must already be on `device`. Returns {"img_per_s" (median step), "step_ms" (median),
     "step_ms_min", "steps" (timed), "threads" (torch.get_num_threads())}.
@@ -70,10 +68,11 @@ def throughput(
         memory_format=fmt
     )
     grad_mode = nullcontext() if train else torch.inference_mode()
-    step = _make_step(run, x, train)
+    step = _make_step(model, run, x, train, precision)
+    autocast = nullcontext() if train else _autocast(torch.device(device).type, precision)
     times_s: list[float] = []
     try:
-        with grad_mode, _autocast(torch.device(device).type, precision):
+        with grad_mode, autocast:  # a training step enters autocast for its forward only
             for _ in range(warmup_steps):
                 step()
             synchronize(device)

@@ -31,6 +31,21 @@ TABLES: dict[str, tuple[str, bool]] = {
     "infer_samples_per_sec": ("Throughput (img/s)", False),
     "ms_per_img": ("Time per image (ms)", False),
 }
+# Training-step sections (rows with mode "train"): the same columns hold the step's figures;
+# throughput is the training step's.
+TRAIN_TABLES: dict[str, tuple[str, bool]] = {
+    "param_count": ("Parameters (M)", True),
+    "infer_gmacs": ("GMACs per image of a training step (forward + backward)", True),
+    "predicted_peak_mib": ("Peak memory of a training step, predicted (MiB; AdamW state in)", True),
+    "measured_peak_mib": ("Peak memory of a training step, measured (MiB)", False),
+    "measured_activations_mib": (
+        "Step memory beyond weights, AdamW state and input, measured (MiB: activations, "
+        "gradients, temporaries)",
+        False,
+    ),
+    "train_samples_per_sec": ("Training throughput (img/s)", False),
+    "ms_per_img": ("Training-step time per image (ms)", False),
+}
 RATIOS: dict[str, str] = {
     "infer_gmacs": "GMACs",
     "measured_peak_mib": "peak MiB",
@@ -119,8 +134,10 @@ def _section(
     out = [f"## {title}", ""]
     rel = plot_dir.relative_to(results_dir)
 
+    train = bool((section["mode"] == "train").all())
+    speed_col = "train_samples_per_sec" if train else "infer_samples_per_sec"
     out += ["### Cost by resolution", ""]
-    for col, (table_title, static) in TABLES.items():
+    for col, (table_title, static) in (TRAIN_TABLES if train else TABLES).items():
         out += [f"#### {table_title}", "", md_table(metric_table(section, col, static))]
 
     figures = {
@@ -132,7 +149,7 @@ def _section(
             },
             "Peak memory",
         ),
-        "throughput": ({"infer_samples_per_sec": "img/s"}, "Throughput"),
+        "throughput": ({speed_col: "img/s"}, "Throughput"),
     }
     architecture = read_published("architecture")
     tau_px = {
@@ -155,6 +172,7 @@ def _section(
     out += [f"### Ratio to {baseline}", ""]
     ratio_frames = {}
     for col, label in RATIOS.items():
+        col = speed_col if col == "infer_samples_per_sec" else col
         text = _ratio_text(section, col, baseline)
         if text is None:
             out += [f"_Baseline `{baseline}` was not measured in this section._", ""]
@@ -189,6 +207,8 @@ def _section(
         md_table(analysis.crossover_table(section, architecture), index=False),
     ]
 
+    if train:  # published figures and accuracy are about inference
+        return out
     out += [f"### Published figures beside ours ({title})", ""]
     published = read_published("cost")
     comparison = comparison_table(section, published)

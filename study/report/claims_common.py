@@ -112,10 +112,12 @@ def is_ablation(frame: pd.DataFrame) -> pd.Series:
 
 
 def default_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The models as designed: no ablation option, no materialising (naive) scan."""
+    """The models as designed, at inference: no ablation option, no materialising (naive) scan,
+    no training-step rows (the claims are about inference)."""
     if frame.empty:
         return frame
-    return frame[~is_ablation(frame) & (frame["scan_backend"] != "naive")]
+    inference = frame["mode"] != "train" if "mode" in frame else True
+    return frame[~is_ablation(frame) & (frame["scan_backend"] != "naive") & inference]
 
 
 def combine(results: list[tuple[Verdict, str]]) -> tuple[Verdict, str]:

@@ -34,11 +34,12 @@ ATTENTION_FAMILIES: tuple[str, ...] = ("vit", "windowed_vit")
 def tidy(rows: list[dict]) -> pd.DataFrame:
     """Rows (dicts of `COLUMNS`, extra keys ignored) -> DataFrame with one line per cell.
 
-    Adds `ms_per_img` (step time / batch) and `variant` (model name plus the settings that tell its
-    measured variants apart). Missing columns become NaN or "". Of several rows for one cell, an
-    `error` row loses to any other; otherwise the newest (`time`) wins.
+    Adds `ms_per_img` (step time / batch; `train_step_time` on training rows) and `variant`
+    (model name plus the settings that tell its measured variants apart). Missing columns become
+    NaN or "". Of several rows for one cell, an `error` row loses to any other; otherwise the
+    newest (`time`) wins.
     """
-    columns = [c for c in COLUMNS if c != "options"]  # `_settings` folds it into its options
+    columns = [c for c in COLUMNS if c not in ("options", "mode")]  # `_settings` gives them
     frame = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns)
     settings = pd.DataFrame(
         [_settings(r) for r in rows], columns=["batch_setting", "mode", "options"]
@@ -62,7 +63,8 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
     frame = frame.sort_values(["_rank", "time"]).drop_duplicates(list(CELL_KEY), keep="last")
     frame = frame.drop(columns="_rank")
 
-    frame["ms_per_img"] = frame["infer_step_time"] / frame["infer_batch_size"].fillna(1)
+    step_ms = frame["infer_step_time"].where(frame["mode"] != "train", frame["train_step_time"])
+    frame["ms_per_img"] = step_ms / frame["infer_batch_size"].fillna(1)  # a training step's too
     frame["variant"] = variant_labels(frame)
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
     frame["_family_rank"] = frame["family"].map(order).fillna(len(order))
@@ -75,14 +77,15 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
 
 def _settings(row: dict) -> dict[str, str]:
     """What the row's resolved config says beyond the columns: the batch asked for, inference or a
-    training step, and options that change the measured program (the row's ablation `options`
+    training step (the row's `mode`; rows written before it: its config's measure.train), and
+    options that change the measured program (the row's ablation `options`
     unless "default", then channels_last, compile)."""
     config = row.get("config") if isinstance(row.get("config"), dict) else {}
     measure = config.get("measure") if isinstance(config.get("measure"), dict) else {}
     batch = config.get("batch")
     return {
         "batch_setting": "" if batch is None else str(batch),
-        "mode": "train" if measure.get("train") else "inference",
+        "mode": row.get("mode") or ("train" if measure.get("train") else "inference"),
         "options": " ".join(
             ([row["options"]] if row.get("options") not in (None, "", "default") else [])
             + [f"+{k}" for k in ("channels_last", "compile") if measure.get(k)]

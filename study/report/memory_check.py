@@ -29,6 +29,7 @@ UNMODELLED: dict[str, str] = {
 }
 NEGLIGIBLE_PCT = 2.0
 CHECKED_SIZES_PX = (1024, 1248)
+TRAIN_TOLERANCE_PCT = 15.0
 
 
 def error_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,6 +40,8 @@ def error_frame(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[(frame["status"] == "ok") & frame[need].notna().all(axis=1)]
     ok = ok[ok["measured_rss_activations_mib"] > 0]
     out = ok[["device_name", "family", "variant", "infer_img_size"]].copy()
+    out.insert(3, "mode", ok.get("mode", "inference"))
+    out.insert(5, "batch", ok["infer_batch_size"])
     out["predicted MiB"] = ok["predicted_activations_mib"]
     out["tracked MiB"] = ok["measured_activations_mib"]
     out["OS MiB"] = ok["measured_rss_activations_mib"]
@@ -54,7 +57,8 @@ def section(frame: pd.DataFrame, plot_dir: Path, results_dir: Path) -> list[str]
     lines = [
         "## Memory: predicted against the operating system",
         "",
-        "Activation memory of one forward (batch as in the row), three ways: `predicted` (fake "
+        "Activation memory of one forward (batch as in the row; `train` rows: of one training "
+        "step, activations, gradients and AdamW's temporaries), three ways: `predicted` (fake "
         "tensors: op outputs plus the workspaces our kernels register), `tracked` (the same "
         "dispatcher tracker during a real forward: the `measured_activations_mib` column) and "
         "`OS` (resident-set growth of one forward after a warm-up, in a fresh process whose "
@@ -71,6 +75,7 @@ def section(frame: pd.DataFrame, plot_dir: Path, results_dir: Path) -> list[str]
             f"{worst['variant']} @{worst['infer_img_size']}).",
             "",
         ]
+    lines += _train_check(errors)
     text = errors.copy()
     for col in ("predicted MiB", "tracked MiB", "OS MiB"):
         text[col] = text[col].map(fmt)
@@ -92,6 +97,25 @@ def section(frame: pd.DataFrame, plot_dir: Path, results_dir: Path) -> list[str]
     path = plots.save(_figure(errors), plot_dir / "memory_predicted_vs_os.png")
     lines += [f"![predicted against OS]({path.relative_to(results_dir)})", ""]
     return lines
+
+
+def _train_check(errors: pd.DataFrame) -> list[str]:
+    """Training steps: the error at each variant's largest measured size (issue 14: ±15%)."""
+    train = errors[errors["mode"] == "train"]
+    if train.empty:
+        return []
+    by_size = train.sort_values(["infer_img_size", "batch"])
+    largest = by_size.groupby(["device_name", "variant"]).tail(1)
+    cells = ", ".join(
+        f"{r['variant']} @{r['infer_img_size']} batch {r['batch']:g} {r['error %']:+.1f}%"
+        for _, r in largest.iterrows()
+    )
+    inside = (largest["error %"].abs() <= TRAIN_TOLERANCE_PCT).sum()
+    return [
+        f"Training step, at each model's largest measured size: {cells} ({inside} of "
+        f"{len(largest)} within ±{TRAIN_TOLERANCE_PCT:g}%).",
+        "",
+    ]
 
 
 def _figure(errors: pd.DataFrame):
