@@ -260,7 +260,7 @@ def test_split_sequence_with_a_last_state_gradient():
 @needs_interpreter
 def test_split_deterministic_backward_with_the_256_element_tile():
     # BLOCK_L 16, BLOCK_D 1: the spill-free default of this launch in bfloat16 at d_state 16
-    from kernels.selective_scan import triton_bwd, triton_configs, triton_fwd
+    from kernels.ops.selective_scan import triton_bwd, triton_configs, triton_fwd
 
     x = make_scan_inputs(1, 4, 16, 150, groups=None)
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]

@@ -13,7 +13,7 @@ formulas (matmuls, convolutions, the CUDA attention kernels) and any formula reg
 
 Backward ops of ours (kernels/): `kernels::selective_scan_bwd` registers its own formula;
 `kernels::cross_scan` and `kernels::cross_merge` are each other's backward and move data only
-(0 MACs, registered in kernels/cross_scan/ops.py).
+(0 MACs, registered in kernels/ops/cross_scan/ops.py).
 """
 
 import math

@@ -28,7 +28,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.selective_scan import resolve_backend
+from kernels.ops.selective_scan import resolve_backend
 from study.measure.flops import EXTRA_FORMULAS, FLOPS_PER_MAC, fake_state
 from study.measure.memory import MIB, Precision, StorageTracker, _autocast
 from study.measure.rss import os_peak_memory
