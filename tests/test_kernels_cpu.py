@@ -129,7 +129,7 @@ def test_last_state_gradient():
 
 def test_auto_means_cpu_on_cpu_and_use_backend_overrides():
     device = torch.device("cpu")
-    resolve = kernels.ops.selective_scan.__globals__["resolve_backend"]
+    resolve = kernels.ops.selective_scan.resolve_backend
     assert resolve("auto", device) == "cpu"
     with kernels.use_backend("reference"):
         assert resolve("auto", device) == "reference"
@@ -140,7 +140,7 @@ def test_use_backend_is_per_thread():
     """The override is a context variable: another thread still resolves "auto" by device."""
     import threading
 
-    resolve = kernels.ops.selective_scan.__globals__["resolve_backend"]
+    resolve = kernels.ops.selective_scan.resolve_backend
     seen = []
     with kernels.use_backend("reference"):
         thread = threading.Thread(target=lambda: seen.append(resolve("auto", torch.device("cpu"))))

@@ -154,9 +154,9 @@ def test_use_backend_sets_what_auto_means(monkeypatch):
 
     def spy(*args):
         calls.append(args)
-        return kernels.ops.selective_scan.__globals__["selective_scan_ref"](*args)
+        return kernels.ops.selective_scan.selective_scan_ref(*args)
 
-    monkeypatch.setitem(kernels.ops.selective_scan.__globals__["BACKENDS"], "spy", spy)
+    monkeypatch.setitem(kernels.ops.selective_scan.BACKENDS, "spy", spy)
     with kernels.use_backend("spy"):
         kernels.selective_scan(**make_inputs())
     kernels.selective_scan(**make_inputs())
