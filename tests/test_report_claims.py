@@ -212,6 +212,21 @@ def test_naive_scan_memory_against_the_fused_one() -> None:
     assert "1248 px 10.0× memory (predicted)" in claim(tidy(fused + timed_out), "8").evidence
 
 
+def test_naive_scan_verdict_is_vims_vmambas_ratio_only_shown() -> None:
+    """Claim 8 is about Vim's scan (d_state 16): VMamba's (d_state 1, little to materialise) is
+    shown as evidence and named in the why, but does not turn a Vim result into "does not hold"."""
+    vim = power_rows("vim_tiny", "vim", 1.0, 1.0, scan="cpu") + power_rows(
+        "vim_tiny", "vim", 1.0, 1.0, scan="naive", scale=5.0
+    )
+    vmamba = power_rows("vmamba_tiny", "vmamba", 1.0, 1.0, scan="cpu") + power_rows(
+        "vmamba_tiny", "vmamba", 1.0, 1.0, scan="naive", scale=1.1
+    )
+    both = claim(tidy(vim + vmamba), "8")
+    assert both.verdict == "holds with a caveat"
+    assert "vmamba_tiny naive/fused scan" in both.evidence and "vmamba_tiny 1.10×" in both.why
+    assert claim(tidy(vmamba), "8").verdict == "not testable here"
+
+
 def test_ablation_cost_beside_the_published_change() -> None:
     default = frame_with(power_rows("vim_tiny", "vim", 1.0, 1.0, scan="cpu"), options="default")
     uni = frame_with(
