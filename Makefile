@@ -73,7 +73,7 @@ erf-train: $(STAMP) ## train one micro model per family on the glyph task, then 
 	$(PY) -m study.erf run_dir=$(ERF_TRAIN_DIR) run_img_size=256 out_dir=$(ERF_OUT) $(ERF_ARGS)
 
 breakdown: $(STAMP) ## where each model's forward time goes (profiler, by kind of op); writes results/breakdown_<device>.csv
-	$(PY) -m study.measure.breakdown
+	$(PY) -m study.measure.breakdown --img-sizes 224 384 512 768 1024 1248
 
 bench: $(STAMP) ## time every selective-scan backend, and the calls Vim/VMamba make; writes results/kernels_<device>.csv
 	$(PY) -m study.measure.scan_calls
