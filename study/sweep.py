@@ -243,22 +243,27 @@ def read_row(path: Path) -> dict | None:
 
 
 @contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
+def time_limit(seconds: float) -> Iterator[dict]:
     """Raise CellTimeout in this (main) thread after `seconds`; a no-op in other threads.
 
     The alarm interrupts Python between bytecodes: a cell stops within one torch op of its budget.
+    Yields a dict whose "fired" turns True when the alarm went off: code the alarm interrupts may
+    catch CellTimeout and raise something else (torch wraps errors raised inside its callbacks), so
+    the flag, not the exception's type, says whether the cell ran out of time.
     """
+    state = {"fired": False}
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     def _alarm(signum, frame):
+        state["fired"] = True
         raise CellTimeout(f"past its time budget of {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield state
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -465,13 +470,23 @@ def _run_cell(cfg: DictConfig) -> dict:
     row = new_row(cfg, cell, key)
     stage = ["build"]
     start = time.perf_counter()
+    alarm = {"fired": False}
     try:
-        with time_limit(cfg.time_budget_s), kernels.use_backend(cell["scan_backend"] or "auto"):
+        with (
+            time_limit(cfg.time_budget_s) as alarm,
+            kernels.use_backend(cell["scan_backend"] or "auto"),
+        ):
             measure_cell(cfg, cell, row, stage, limit_mib)
         row["status"] = "ok"
     except Exception as err:  # one cell never ends the sweep; its row says what happened
         row["status"] = status_of(err, stage[0])
         row["error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:500]}"
+        if alarm["fired"] and not isinstance(err, CellTimeout):  # the timeout, wrapped
+            row["status"] = "timeout"
+            row["error"] = (
+                f"CellTimeout: past its time budget of {cfg.time_budget_s:g} s "
+                + (f"(surfaced as {row['error']})")[:600]
+            )
     finally:
         if runs_for_real(cell):  # free the last cell's memory before the next one (0.1-0.3 s)
             gc.collect()

@@ -112,6 +112,33 @@ def test_timeout_row_is_redone_when_the_budget_is_raised(tmp_path):
     assert sweep.run_cell(longer)["status"] == "ok"
 
 
+def test_a_timeout_that_surfaces_as_another_error_is_a_timeout(tmp_path, monkeypatch):
+    """Code the alarm interrupts may catch CellTimeout and raise its own error (torch does inside
+    its callbacks): the row is still a timeout, redone when the budget rises."""
+
+    def wrapping(cfg, cell, row, stage, limit_mib):
+        try:
+            while True:
+                time.sleep(0.005)
+        except sweep.CellTimeout as err:
+            raise RuntimeError(f"a callback failed: {err}") from None
+
+    monkeypatch.setattr(sweep, "measure_cell", wrapping)
+    row = sweep.run_cell(
+        cell_config(tmp_path, "model=test_vit", "img_size=64", "time_budget_s=0.05")
+    )
+    assert row["status"] == "timeout"
+    assert row["error"].startswith("CellTimeout: past its time budget of 0.05 s")
+    assert "surfaced as RuntimeError: a callback failed" in row["error"]
+
+    def failing(cfg, cell, row, stage, limit_mib):
+        raise RuntimeError("a real failure")
+
+    monkeypatch.setattr(sweep, "measure_cell", failing)  # no alarm: an error stays an error
+    row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=64", "time_budget_s=60"))
+    assert row["status"] == "error" and row["error"] == "RuntimeError: a real failure"
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
