@@ -45,8 +45,9 @@ predict: $(STAMP) ## GMACs and predicted memory of the default grid and naive sc
 	$(PY) -m study.sweep sweep=naive_scan measure.measured_memory=false measure.throughput=false \
 		results_dir=results/predicted
 
-fits: $(STAMP) ## largest power-of-two batch whose predicted CUDA inference peak fits 24/40/80/141 GiB; writes results/fits_cuda_predicted.csv
-	$(PY) -m study.measure.fits --out results/fits_cuda_predicted.csv
+fits: $(STAMP) ## largest power-of-two batch whose predicted CUDA peak (inference, training step) fits 24/40/80/141 GiB; writes results/fits_cuda_predicted*.csv
+	$(PY) -m study.measure.fits --mode inference --out results/fits_cuda_predicted.csv
+	$(PY) -m study.measure.fits --mode train --out results/fits_cuda_predicted_train.csv
 
 report: $(STAMP) ## turn the rows under results/ into results.csv, REPORT.md and plots
 	$(PY) -m study.report results
@@ -55,7 +56,7 @@ erf: $(STAMP) ## effective receptive fields of the default models into results/e
 	$(PY) -m study.erf out_dir=results/erf
 
 # The training experiment (README.md, "Receptive fields through training"): conf/train.yaml's preset
-# trains the five micro models (about 15 minutes each on 2 cores) into ERF_TRAIN_DIR, then draws their
+# trains the five micro models (35-40 minutes on 2 cores: conf/train.yaml) into ERF_TRAIN_DIR, then draws their
 # ERFs at every checkpoint into ERF_OUT. Running it again resumes unfinished models; delete
 # ERF_TRAIN_DIR to start over. A quick check: make erf-train ERF_TRAIN_DIR=/tmp/t ERF_OUT=/tmp/e
 #   TRAIN_ARGS="steps=4 save_steps=[0,4] eval_every=2 n_val=16" ERF_ARGS="n_images=2"

@@ -53,7 +53,7 @@ def test_cli_writes_the_csv_and_the_report_section_reads_it(tmp_path):
     assert math.isnan(frame["verified_peak_gib"].iloc[1])  # --verify with no model: none
     lines = fits_section(tmp_path, tmp_path / "plots")
     text = "\n".join(lines)
-    assert "(predicted)" in text and "### bfloat16" in text
+    assert "(predicted)" in text and "### Inference, bfloat16" in text
     assert f"| resnet50 | — / {frame['batch'].iloc[1]} |" in text
     assert (tmp_path / "plots" / "fits_cuda_predicted_bfloat16.png").exists()
     assert fits_section(tmp_path / "nothing", tmp_path / "plots") == []
@@ -71,3 +71,33 @@ def test_batches_near_a_capacity_are_decided_by_a_prediction_not_the_extrapolati
     assert not math.isnan(near["verified_peak_gib"])
     assert near["verified_peak_gib"] <= edge_gib
     assert math.isnan(far["verified_peak_gib"]) and far["batch"] == 64
+
+
+def test_report_and_measurement_agree_on_the_fit_batches():
+    from study.report import fits as report_fits
+
+    assert report_fits.FIT_BATCHES == fits.FIT_BATCHES
+
+
+def test_train_mode_writes_its_own_csv_and_section(tmp_path, capsys):
+    out = tmp_path / "fits_cuda_predicted_train.csv"
+    args = ["--mode", "train", "--models", "deit_tiny_patch16_224", "--sizes", "224",
+            "--capacities-gib", "1", "--verify", "--out", str(out)]  # fmt: skip
+    assert fits.main(args) == 0
+    frame = pd.read_csv(out)
+    assert list(frame["mode"]) == ["train"] and list(frame["precision"]) == ["float32"]
+    train_peak = frame["per_image_mib"].iloc[0]
+    with torch.device("meta"):
+        model = create("deit_tiny_patch16_224", 224)
+    low, high = fits.FIT_BATCHES
+    infer = (fits._peak_mib(model, 224, high, "float32") - fits._peak_mib(model, 224, low,
+             "float32")) / (high - low)  # fmt: skip
+    assert train_peak > 2 * infer  # a step keeps every activation for the backward
+    text = "\n".join(fits_section(tmp_path, tmp_path / "plots"))
+    assert "### Training step, float32" in text and "### Inference" not in text
+    assert (tmp_path / "plots" / "fits_cuda_predicted_train_float32.png").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as err:
+            fits.main(["--mode", "train", "--precisions", "bfloat16", "--out", str(out)])
+        assert err.value.code == 2
+        assert "allowed here: --precisions float32" in capsys.readouterr().err

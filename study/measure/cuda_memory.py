@@ -163,6 +163,14 @@ class AllocatorTracker(StorageTracker):
         self._forget(key, nbytes)
         self.allocator.free(block)
 
+    @property
+    def counted_bytes(self) -> int:
+        return self.allocator.allocated_bytes
+
+    @property
+    def counted_peak_bytes(self) -> int:
+        return self.allocator.peak_allocated_bytes
+
     def track(self, tensor: torch.Tensor) -> None:
         try:
             storage = tensor.untyped_storage()
@@ -297,6 +305,59 @@ def predict_cuda_memory(
         "input_mib": input_bytes / MIB,
         "activations_mib": (peak - params_bytes - input_bytes) / MIB,
         "peak_mib": peak / MIB,
+        "reserved_peak_mib": tracker.allocator.peak_reserved_bytes / MIB,
+        "unrounded_peak_mib": tracker.peak_bytes / MIB,
+    }
+
+
+def predict_cuda_train_memory(
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    precision: str = "float32",
+    channels_last: bool = False,
+    also: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """Peak CUDA memory of one training step (study.measure.train_step: forward, cross-entropy,
+    backward, AdamW step, at the second step), predicted on fake tensors.
+
+    Through the same allocator model and fused attention as `predict_cuda_memory`, with AdamW's
+    multi-tensor (foreach) implementation, which torch picks for real CUDA tensors
+    (torch/optim/optimizer.py `_default_to_fused_or_foreach`; not for fake ones): its temporaries
+    (e.g. the square roots of every exp_avg_sq at once) are live together.
+
+    The autograd engine needs a CUDA context for a backward on CUDA tensors, fake ones included
+    (pytorch/pytorch#92627), so without a GPU the step runs on fake CPU tensors with the Triton
+    scan's ops and workspaces (what a GPU runs): same shapes, same allocator requests. Checked for
+    the forward against `predict_cuda_memory` (tests/test_cuda_memory.py): equal in float32 for
+    every family. Not in bfloat16: CPU autocast casts other ops than CUDA autocast
+    (aten/src/ATen/autocast_mode.cpp; -19% to +47% on the forward), so without a GPU only
+    float32 is predicted. Returns `train_memory`'s keys as the allocator counts them (blocks),
+    plus reserved_peak_mib and unrounded_peak_mib. `also`: a mode around forward and backward."""
+    from kernels import use_backend
+    from study.measure.flops import fake_state
+    from study.measure.train_step import _tracked_step
+
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}; allowed: float32, bfloat16")
+    on_gpu = torch.cuda.is_available()
+    if precision == "bfloat16" and not on_gpu:
+        raise ValueError(
+            "a bfloat16 training step's CUDA memory is predicted on a machine with a GPU only "
+            "(CPU autocast casts other ops); allowed here: float32"
+        )
+    if on_gpu:
+        torch.empty(1, device="cuda")  # the CUDA context the backward needs (#92627)
+    tracker = AllocatorTracker()
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake, _CudaSdpa(), use_backend("triton"):
+        if on_gpu:
+            state, device = fake_cuda_state(model, fake), "cuda"
+        else:
+            state, device = fake_state(model, fake, torch.device("cpu")), "cpu"
+        mem = _tracked_step(model, state, shape, device, precision, channels_last, also, tracker,
+                            autocast=lambda: cuda_autocast(precision == "bfloat16"),
+                            foreach=True)  # fmt: skip
+    return {
+        **mem,
         "reserved_peak_mib": tracker.allocator.peak_reserved_bytes / MIB,
         "unrounded_peak_mib": tracker.peak_bytes / MIB,
     }

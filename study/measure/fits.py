@@ -1,8 +1,13 @@
-"""The largest power-of-two batch whose predicted CUDA inference peak fits a GPU's memory.
+"""The largest power-of-two batch whose predicted CUDA peak fits a GPU's memory.
 
-    python -m study.measure.fits [--out results/fits_cuda_predicted.csv] [--models ...]
+    python -m study.measure.fits [--mode inference|train] [--out CSV] [--models ...]
                                  [--sizes ...] [--capacities-gib 24 40 80 141]
                                  [--precisions float32 bfloat16] [--verify MODEL ...]
+
+--mode inference (default; results/fits_cuda_predicted.csv): one no-grad forward
+(`cuda_memory.predict_cuda_memory`). --mode train (results/fits_cuda_predicted_train.csv): one
+training step, AdamW's state included (`cuda_memory.predict_cuda_train_memory`); without a GPU
+in float32 only (that function says why).
 
 For each model, size and precision the CUDA peak (`peak_mib` of `cuda_memory.predict_cuda_memory`:
 what `torch.cuda.max_memory_allocated()` would report, no GPU needed) is predicted at batch 16 and
@@ -34,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from study.measure.cuda_memory import predict_cuda_memory
+from study.measure.cuda_memory import predict_cuda_memory, predict_cuda_train_memory
 from study.models import create, family_of
 
 GIB_MIB = 1024.0
@@ -55,13 +60,19 @@ SIZES_PX = (224, 384, 512, 768, 1024, 1248)
 MAX_BATCH = 2**20
 FIT_BATCHES = (16, 32)  # the line's two predictions
 NEAR_PCT = 5.0  # extrapolations within this of a capacity are checked by a prediction
-COLUMNS = ("model", "family", "img_size", "precision", "capacity_gib", "batch",
+MODES = ("inference", "train")
+OUT = {"inference": Path("results/fits_cuda_predicted.csv"),
+       "train": Path("results/fits_cuda_predicted_train.csv")}  # fmt: skip
+COLUMNS = ("model", "family", "img_size", "mode", "precision", "capacity_gib", "batch",
            "peak_gib", "verified_peak_gib", "linearity_error_pct", "fit_batch1_mib",
            "per_image_mib", "device", "source")  # fmt: skip
 
 
-def _peak_mib(model: torch.nn.Module, size: int, batch: int, precision: str) -> float:
-    return predict_cuda_memory(model, (batch, 3, size, size), precision)["peak_mib"]
+def _peak_mib(
+    model: torch.nn.Module, size: int, batch: int, precision: str, mode: str = "inference"
+) -> float:
+    predict = predict_cuda_train_memory if mode == "train" else predict_cuda_memory
+    return predict(model, (batch, 3, size, size), precision)["peak_mib"]
 
 
 def largest_pow2_batch(peak1_mib: float, per_image_mib: float, capacity_mib: float) -> int:
@@ -86,13 +97,17 @@ def fits_rows(
     precision: str,
     capacities_gib: tuple[float, ...] = CAPACITIES_GIB,
     verify: bool = False,
+    mode: str = "inference",
 ) -> list[dict]:
     """One row per capacity for (model, size, precision), from the line through FIT_BATCHES."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
     with torch.device("meta"):  # no weights: the predictions need shapes only
         model = create(name, size)
+
     low, high = FIT_BATCHES
-    p_low = _peak_mib(model, size, low, precision)
-    per_image = (_peak_mib(model, size, high, precision) - p_low) / (high - low)
+    p_low = _peak_mib(model, size, low, precision, mode)
+    per_image = (_peak_mib(model, size, high, precision, mode) - p_low) / (high - low)
     p1 = p_low - (low - 1) * per_image  # the line at batch 1
     rows, near = [], NEAR_PCT / 100
     for cap in capacities_gib:
@@ -101,14 +116,16 @@ def fits_rows(
         peak = p1 + (batch - 1) * per_image if batch else math.nan
         verified = error = math.nan
         if batch and (verify or peak > cap_mib / (1 + near)):
-            verified = _peak_mib(model, size, batch, precision)  # near the edge: predict it
+            verified = _peak_mib(model, size, batch, precision, mode)  # near the edge: predict it
             error = 100 * (verified / peak - 1)
             while batch and verified > cap_mib:  # the extrapolation was a little short
                 batch //= 2
-                verified = _peak_mib(model, size, batch, precision) if batch else math.nan
+                verified = _peak_mib(model, size, batch, precision, mode) if batch else math.nan
         up = 2 * batch if batch else 1
         while up <= MAX_BATCH and p1 + (up - 1) * per_image < cap_mib * (1 + near):
-            above = _peak_mib(model, size, up, precision)  # the next power of two, near the edge
+            above = _peak_mib(
+                model, size, up, precision, mode
+            )  # the next power of two, near the edge
             if math.isnan(error):
                 error = 100 * (above / (p1 + (up - 1) * per_image) - 1)
             if above > cap_mib:
@@ -116,7 +133,8 @@ def fits_rows(
             batch, verified, up = up, above, 2 * up  # the extrapolation was a little long
         peak = p1 + (batch - 1) * per_image if batch else math.nan
         rows.append({
-            "model": name, "family": family_of(name), "img_size": size, "precision": precision,
+            "model": name, "family": family_of(name), "img_size": size, "mode": mode,
+            "precision": precision,
             "capacity_gib": cap, "batch": batch, "peak_gib": peak / GIB_MIB,
             "verified_peak_gib": verified / GIB_MIB, "linearity_error_pct": error,
             "fit_batch1_mib": p1, "per_image_mib": per_image,
@@ -131,6 +149,7 @@ def fits_table(
     precisions: tuple[str, ...] = PRECISIONS,
     capacities_gib: tuple[float, ...] = CAPACITIES_GIB,
     verify: tuple[str, ...] = ("vim_tiny",),
+    mode: str = "inference",
 ) -> list[dict]:
     """Every (model, size, precision, capacity) row; `verify`: models predicted at each batch."""
     return [
@@ -138,7 +157,7 @@ def fits_table(
         for name in models
         for size in sizes
         for precision in precisions
-        for row in fits_rows(name, size, precision, capacities_gib, name in verify)
+        for row in fits_rows(name, size, precision, capacities_gib, name in verify, mode)
     ]
 
 
@@ -162,21 +181,35 @@ def main(argv: list[str] | None = None) -> int:
     from study.models import available
 
     parser = _Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("results/fits_cuda_predicted.csv"))
+    parser.add_argument("--mode", default="inference", choices=MODES)
+    parser.add_argument("--out", type=Path, help="default: " + ", ".join(
+        f"{path} (--mode {mode})" for mode, path in OUT.items()))  # fmt: skip
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=available())
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES_PX))
     parser.add_argument("--capacities-gib", nargs="+", type=float, default=list(CAPACITIES_GIB))
-    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        help="default: float32 bfloat16 (--mode train without a GPU: float32)",
+    )
     verify_help = "models also predicted at every batch found (default vim_tiny)"
     parser.add_argument("--verify", nargs="*", default=["vim_tiny"], help=verify_help)
     args = parser.parse_args(argv)
     if any(s < 1 for s in args.sizes) or any(c <= 0 for c in args.capacities_gib):
         parser.error("sizes and capacities must be positive")
+    gpu_less_train = args.mode == "train" and not torch.cuda.is_available()
+    if args.precisions is None:
+        args.precisions = ["float32"] if gpu_less_train else list(PRECISIONS)
+    if gpu_less_train and "bfloat16" in args.precisions:
+        parser.error("--mode train predicts bfloat16 on a machine with a GPU only; allowed here: "
+                     "--precisions float32")  # fmt: skip
+    out = args.out or OUT[args.mode]
     start = time.perf_counter()
     rows = fits_table(tuple(args.models), tuple(args.sizes), tuple(args.precisions),
-                      tuple(args.capacities_gib), tuple(args.verify))  # fmt: skip
-    write_csv(rows, args.out)
-    print(f"{len(rows)} rows written to {args.out} in {time.perf_counter() - start:.0f} s")
+                      tuple(args.capacities_gib), tuple(args.verify), args.mode)  # fmt: skip
+    write_csv(rows, out)
+    print(f"{len(rows)} rows written to {out} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

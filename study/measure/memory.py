@@ -43,6 +43,17 @@ class StorageTracker(TorchDispatchMode):
         self._live.discard(key)
         self.live_bytes -= nbytes
 
+    @property
+    def counted_bytes(self) -> int:
+        """What the tracker counts as live now: exact storage bytes here (an allocator's blocks in
+        cuda_memory.AllocatorTracker)."""
+        return self.live_bytes
+
+    @property
+    def counted_peak_bytes(self) -> int:
+        """The high-water mark of `counted_bytes`."""
+        return self.peak_bytes
+
     def track(self, tensor: torch.Tensor) -> None:
         """Count `tensor`'s storage if it is new; it is uncounted when the storage is freed."""
         try:

@@ -36,9 +36,12 @@ from study.measure.rss import os_peak_memory
 LEARNING_RATE = 1e-4  # any value: the step's cost does not depend on it
 
 
-def make_optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """AdamW with torch's defaults (foreach/fused chosen by torch for the device)."""
-    return torch.optim.AdamW(params, lr=LEARNING_RATE)
+def make_optimizer(
+    params: list[torch.Tensor], foreach: bool | None = None
+) -> torch.optim.Optimizer:
+    """AdamW with torch's defaults (foreach/fused chosen by torch for the device). `foreach`: force
+    the multi-tensor implementation on or off (torch turns it on for real CUDA tensors only)."""
+    return torch.optim.AdamW(params, lr=LEARNING_RATE, foreach=foreach)
 
 
 def train_step(
@@ -48,11 +51,13 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     precision: Precision = "float32",
     also: AbstractContextManager | None = None,
+    autocast: AbstractContextManager | None = None,
 ) -> None:
     """Forward (under autocast for bfloat16), cross-entropy in float32, backward, AdamW step,
-    gradients set to None. `also`: a mode around forward and backward only (a FlopCounterMode)."""
+    gradients set to None. `also`: a mode around forward and backward only (a FlopCounterMode);
+    `autocast`: the autocast context to use instead of `torch.autocast(x.device.type)`."""
     with also or nullcontext():
-        with _autocast(x.device.type, precision):
+        with autocast or _autocast(x.device.type, precision):
             out = forward(x)
             logits = out if out.dim() == 2 else out.flatten(1)
             loss = F.cross_entropy(logits.float(), target)
@@ -79,12 +84,18 @@ def _tracked_step(
     precision: Precision,
     channels_last: bool,
     also: AbstractContextManager | None = None,
+    tracker: StorageTracker | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    foreach: bool | None = None,
 ) -> dict[str, float]:
-    """A warm-up step (AdamW's state appears), then one step under a StorageTracker."""
+    """A warm-up step (AdamW's state appears), then one step under `tracker` (a new
+    StorageTracker by default). `autocast`: makes each step's autocast context (see train_step);
+    `foreach`: AdamW's implementation (see make_optimizer)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
     target = torch.zeros(shape[0], dtype=torch.long, device=device)
-    optimizer = make_optimizer(_trainable(model, state))
+    optimizer = make_optimizer(_trainable(model, state), foreach)
+    autocast = autocast or (lambda: None)
 
     def forward(inp: torch.Tensor) -> torch.Tensor:
         return functional_call(model, state, (inp,))
@@ -92,19 +103,19 @@ def _tracked_step(
     was_training = model.training
     model.train()
     try:
-        train_step(forward, x, target, optimizer, precision)
-        tracker = StorageTracker()
+        train_step(forward, x, target, optimizer, precision, autocast=autocast())
+        tracker = tracker or StorageTracker()
         for t in state.values():
             tracker.track(t)
-        params_bytes = tracker.live_bytes
+        params_bytes = tracker.counted_bytes
         for t in _optimizer_tensors(optimizer):
             tracker.track(t)
-        optimizer_bytes = tracker.live_bytes - params_bytes
+        optimizer_bytes = tracker.counted_bytes - params_bytes
         tracker.track(x)
         tracker.track(target)
-        input_bytes = tracker.live_bytes - params_bytes - optimizer_bytes
+        input_bytes = tracker.counted_bytes - params_bytes - optimizer_bytes
         with tracker:
-            train_step(forward, x, target, optimizer, precision, also)
+            train_step(forward, x, target, optimizer, precision, also, autocast())
     finally:
         model.train(was_training)
     fixed = params_bytes + optimizer_bytes + input_bytes
@@ -112,8 +123,8 @@ def _tracked_step(
         "params_mib": params_bytes / MIB,
         "optimizer_mib": optimizer_bytes / MIB,
         "input_mib": input_bytes / MIB,
-        "activations_mib": (tracker.peak_bytes - fixed) / MIB,
-        "peak_mib": tracker.peak_bytes / MIB,
+        "activations_mib": (tracker.counted_peak_bytes - fixed) / MIB,
+        "peak_mib": tracker.counted_peak_bytes / MIB,
     }
 
 
@@ -196,6 +207,10 @@ def train_memory(
             mem.update(os_peak_memory(model, img_size, batch, precision, channels_last, in_chans,
                                       scan_backend=backend, train=True))  # fmt: skip
         return mem
+    if torch.device(device).type == "cuda":  # the CUDA caching allocator's rules
+        from study.measure.cuda_memory import predict_cuda_train_memory
+
+        return predict_cuda_train_memory(model, shape, precision, channels_last)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
         return _tracked_step(model, state, shape, device, precision, channels_last)
@@ -215,6 +230,11 @@ def predict_train(
     _check(batch, img_size)
     shape = (batch, in_chans, img_size, img_size)
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
+    if torch.device(device).type == "cuda":  # no GPU needed in float32: cuda_memory.py
+        from study.measure.cuda_memory import predict_cuda_train_memory
+
+        mem = predict_cuda_train_memory(model, shape, precision, channels_last, counter)
+        return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
         mem = _tracked_step(model, state, shape, device, precision, channels_last, counter)

@@ -1,7 +1,8 @@
-"""The report's "What fits on a GPU (predicted)" section, from results/fits_cuda_predicted.csv.
+"""The report's "What fits on a GPU (predicted)" section, from results/fits_cuda_predicted.csv
+(inference) and results/fits_cuda_predicted_train.csv (a training step).
 
-That file is written by `python -m study.measure.fits` (`make fits`); this module only reads it: a
-heatmap per precision (model x size, one panel per GPU memory) and a table per precision.
+Those files are written by `python -m study.measure.fits` (`make fits`); this module only reads
+them: a heatmap per mode and precision (model x size, one panel per GPU memory) and a table each.
 """
 
 from pathlib import Path
@@ -15,10 +16,13 @@ from study.report import plots
 from study.report.markdown import md_table
 
 FITS_FILE = "fits_cuda_predicted.csv"
+FILES = {"inference": FITS_FILE, "train": "fits_cuda_predicted_train.csv"}
+TITLES = {"inference": "Inference", "train": "Training step"}
+FIT_BATCHES = (16, 32)  # study.measure.fits.FIT_BATCHES (the report does not import measurement)
 
 
-def read_fits(results_dir: Path) -> pd.DataFrame:
-    path = Path(results_dir) / FITS_FILE
+def read_fits(results_dir: Path, name: str = FITS_FILE) -> pd.DataFrame:
+    path = Path(results_dir) / name
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
@@ -57,23 +61,31 @@ def heatmap(frame: pd.DataFrame, title: str) -> Figure:
 
 
 def fits_section(results_dir: str | Path, plot_dir: str | Path) -> list[str]:
-    """Markdown lines (empty without the fits file); writes the heatmaps into `plot_dir`."""
+    """Markdown lines (empty without either fits file); writes the heatmaps into `plot_dir`."""
     results_dir, plot_dir = Path(results_dir), Path(plot_dir)
-    frame = read_fits(results_dir)
-    if frame.empty:
+    frames = {mode: read_fits(results_dir, name) for mode, name in FILES.items()}
+    if all(frame.empty for frame in frames.values()):
         return []
     plot_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.concat([f for f in frames.values() if not f.empty])
     caps = ", ".join(f"{c:g}" for c in sorted(frame["capacity_gib"].unique()))
+    low, high = FIT_BATCHES
     out = [
         "## What fits on a GPU (predicted)",
         "",
-        f"Predicted, not measured: the largest power-of-two batch whose CUDA inference peak "
-        f"(what `torch.cuda.max_memory_allocated()` would report, predicted without a GPU on "
-        f"fake CUDA tensors through a model of PyTorch's caching allocator) fits {caps} GiB. "
-        "The peak is predicted at batch 1 and 2 and extrapolated (affine in the batch); where "
-        "the extrapolation comes within 5% of a capacity the batch is decided by predicting it. "
-        "The CUDA context and cuBLAS/cuDNN workspaces are not counted. — : batch 1 does not "
-        f"fit. From `make fits` (`results/{FITS_FILE}`).",
+        f"Predicted, not measured: the largest power-of-two batch whose CUDA peak (what "
+        f"`torch.cuda.max_memory_allocated()` would report, predicted without a GPU on fake "
+        f"tensors through a model of PyTorch's caching allocator, attention routed to the fused "
+        f"kernels a GPU picks) fits {caps} GiB, for one inference forward and for one training "
+        f"step (forward, loss, backward and AdamW with its state). The peak is predicted at "
+        f"batch {low} and {high} and extrapolated (affine in the batch); where the extrapolation "
+        "comes within 5% of a capacity the batch is decided by predicting it. The CUDA context "
+        "and cuBLAS/cuDNN workspaces are not counted. — : batch 1 does not fit. From `make fits` "
+        f"(`results/{FILES['inference']}`, `results/{FILES['train']}`). Training is predicted in "
+        "float32 only without a GPU: CPU autocast casts other ops than CUDA autocast, and the "
+        "autograd engine needs a CUDA context for a backward on CUDA tensors, so the step runs on "
+        "fake CPU tensors with what a GPU would run (the Triton scan, fused attention), which "
+        "gives the CUDA forward prediction exactly in float32.",
         "",
     ]
     checked = frame.dropna(subset=["linearity_error_pct"])
@@ -84,19 +96,27 @@ def fits_section(results_dir: str | Path, plot_dir: str | Path) -> list[str]:
             f"cells): within {worst:.1f}% of the predicted peak.",
             "",
         ]
-    for precision, section in frame.groupby("precision", sort=False):
-        caps_sorted = sorted(section["capacity_gib"].unique())
-        table = _grid(section, caps_sorted[0]).astype(int).astype(str)
-        for cap in caps_sorted[1:]:
-            table = table + " / " + _grid(section, cap).astype(int).astype(str)
-        table = table.replace(r"\b0\b", "—", regex=True)
-        table.columns = [f"{c} px" for c in table.columns]
-        out += [
-            f"### {precision} (batch at {' / '.join(f'{c:g}' for c in caps_sorted)} GiB)",
-            "",
-            md_table(table.reset_index(), index=False),
-        ]
-        fig = heatmap(section, f"Largest batch that fits (predicted CUDA peak), {precision}")
-        path = plots.save(fig, plot_dir / f"fits_cuda_predicted_{precision}.png")
-        out += [f"![largest batch that fits, {precision}]({path.relative_to(results_dir)})", ""]
+    for mode, mode_frame in frames.items():
+        if mode_frame.empty:
+            continue
+        for precision, section in mode_frame.groupby("precision", sort=False):
+            caps_sorted = sorted(section["capacity_gib"].unique())
+            table = _grid(section, caps_sorted[0]).astype(int).astype(str)
+            for cap in caps_sorted[1:]:
+                table = table + " / " + _grid(section, cap).astype(int).astype(str)
+            table = table.replace(r"\b0\b", "—", regex=True)
+            table.columns = [f"{c} px" for c in table.columns]
+            what = TITLES[mode]
+            at = " / ".join(f"{c:g}" for c in caps_sorted)
+            out += [
+                f"### {what}, {precision} (batch at {at} GiB)",
+                "",
+                md_table(table.reset_index(), index=False),
+            ]
+            title = f"Largest batch that fits (predicted CUDA peak): {what.lower()}, {precision}"
+            suffix = "" if mode == "inference" else f"_{mode}"
+            fig = heatmap(section, title)
+            path = plots.save(fig, plot_dir / f"fits_cuda_predicted{suffix}_{precision}.png")
+            out += [f"![largest batch that fits, {mode}, {precision}]"
+                    f"({path.relative_to(results_dir)})", ""]  # fmt: skip
     return out
