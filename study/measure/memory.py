@@ -10,6 +10,7 @@ On CUDA, "measured" is `torch.cuda.max_memory_allocated()` around one forward af
 
 import math
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
@@ -178,29 +179,46 @@ def peak_memory(
     `rss=False`): "rss_activations_mib" is the resident-set growth of one forward in a fresh
     process, "rss_peak_mib" that process's whole peak, "rss_note" why they are NaN, if they are.
     """
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return memory_of(_tracked_forward, _cuda_measured, "predict_cuda_memory", lambda: state,
+                     model, img_size, batch, mode, device, precision, channels_last, in_chans,
+                     rss)  # fmt: skip
+
+
+def memory_of(
+    tracked: Callable[..., dict[str, float]],
+    cuda_measured: Callable[..., dict[str, float]],
+    cuda_name: str,
+    real_state: Callable[[], dict[str, torch.Tensor]],
+    model: nn.Module,
+    img_size: int,
+    batch: int,
+    mode: str,
+    device: str,
+    precision: Precision,
+    channels_last: bool,
+    in_chans: int,
+    rss: bool,
+    train: bool = False,
+) -> dict[str, float | str]:
+    """What `peak_memory` (a forward) and `train_memory` (a step) share: measured on CUDA by
+    `cuda_measured`, on the CPU by `tracked` on `real_state()` and by the operating system (a
+    fresh process runs the same forward or step), predicted by `predicted`."""
     if batch < 1 or img_size < 1:
         raise ValueError(f"batch and img_size must be positive, got batch={batch}, {img_size=}")
     if mode not in ("predicted", "measured"):
         raise ValueError(f"unknown mode {mode!r}; allowed: predicted, measured")
     shape = (batch, in_chans, img_size, img_size)
-    device_type = torch.device(device).type
-    if mode == "measured" and device_type == "cuda":
-        return _cuda_measured(model, shape, device, precision, channels_last)
+    if mode == "measured" and torch.device(device).type == "cuda":
+        return cuda_measured(model, shape, device, precision, channels_last)
     if mode == "measured":
-        state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-        mem = _tracked_forward(model, state, shape, device, precision, channels_last)
+        mem = tracked(model, real_state(), shape, device, precision, channels_last)
         if rss:
             backend = resolve_backend("auto", torch.device(device))  # what runs here, for the child
             mem.update(os_peak_memory(model, img_size, batch, precision, channels_last, in_chans,
-                                      scan_backend=backend))  # fmt: skip
+                                      scan_backend=backend, train=train))  # fmt: skip
         return mem
-    if device_type == "cuda":  # the CUDA caching allocator's rules: study/measure/cuda_memory.py
-        from study.measure.cuda_memory import predict_cuda_memory
-
-        return predict_cuda_memory(model, shape, precision, channels_last)
-    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        state = fake_state(model, fake, torch.device(device))
-        return _tracked_forward(model, state, shape, device, precision, channels_last)
+    return predicted(tracked, cuda_name, model, shape, device, precision, channels_last)
 
 
 def predict(
@@ -220,12 +238,28 @@ def predict(
         raise ValueError(f"batch and img_size must be positive, got batch={batch}, {img_size=}")
     shape = (batch, in_chans, img_size, img_size)
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
-    if torch.device(device).type == "cuda":  # no GPU needed: study/measure/cuda_memory.py
-        from study.measure.cuda_memory import predict_cuda_memory
+    mem = predicted(_tracked_forward, "predict_cuda_memory", model, shape, device, precision,
+                    channels_last, counter)  # fmt: skip
+    return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
 
-        mem = predict_cuda_memory(model, shape, precision, channels_last, counter)
-        return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
+
+def predicted(
+    tracked: Callable[..., dict[str, float]],
+    cuda_name: str,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    device: str,
+    precision: Precision,
+    channels_last: bool,
+    also: AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """One fake run: on a CUDA device `study.measure.cuda_memory.<cuda_name>` (the caching
+    allocator's rules, no GPU needed), else `tracked(model, fake_state, shape, device, precision,
+    channels_last, also)` on fake tensors of `device`. `also`: a mode for the same run."""
+    if torch.device(device).type == "cuda":
+        from study.measure import cuda_memory
+
+        return getattr(cuda_memory, cuda_name)(model, shape, precision, channels_last, also)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         state = fake_state(model, fake, torch.device(device))
-        mem = _tracked_forward(model, state, shape, device, precision, channels_last, counter)
-    return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
+        return tracked(model, state, shape, device, precision, channels_last, also)

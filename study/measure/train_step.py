@@ -24,14 +24,18 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from kernels.ops.selective_scan import resolve_backend
-from study.measure.flops import EXTRA_FORMULAS, FLOPS_PER_MAC, fake_state
-from study.measure.memory import MIB, Precision, StorageTracker, _autocast
-from study.measure.rss import os_peak_memory
+from study.measure.flops import EXTRA_FORMULAS, FLOPS_PER_MAC
+from study.measure.memory import (
+    MIB,
+    Precision,
+    StorageTracker,
+    _autocast,
+    memory_of,
+    predicted,
+)
 
 LEARNING_RATE = 1e-4  # any value: the step's cost does not depend on it
 
@@ -194,26 +198,9 @@ def train_memory(
     CPU the operating system's figure for one step in a fresh process ("rss_activations_mib",
     "rss_peak_mib", "rss_note"), unless `rss=False`; on CUDA `max_memory_allocated`.
     """
-    _check(batch, img_size)
-    if mode not in ("predicted", "measured"):
-        raise ValueError(f"unknown mode {mode!r}; allowed: predicted, measured")
-    shape = (batch, in_chans, img_size, img_size)
-    if mode == "measured" and torch.device(device).type == "cuda":
-        return _cuda_measured(model, shape, device, precision, channels_last)
-    if mode == "measured":
-        mem = _tracked_step(model, _real_state(model), shape, device, precision, channels_last)
-        if rss:
-            backend = resolve_backend("auto", torch.device(device))
-            mem.update(os_peak_memory(model, img_size, batch, precision, channels_last, in_chans,
-                                      scan_backend=backend, train=True))  # fmt: skip
-        return mem
-    if torch.device(device).type == "cuda":  # the CUDA caching allocator's rules
-        from study.measure.cuda_memory import predict_cuda_train_memory
-
-        return predict_cuda_train_memory(model, shape, precision, channels_last)
-    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        state = fake_state(model, fake, torch.device(device))
-        return _tracked_step(model, state, shape, device, precision, channels_last)
+    return memory_of(_tracked_step, _cuda_measured, "predict_cuda_train_memory",
+                     lambda: _real_state(model), model, img_size, batch, mode, device, precision,
+                     channels_last, in_chans, rss, train=True)  # fmt: skip
 
 
 def predict_train(
@@ -230,12 +217,6 @@ def predict_train(
     _check(batch, img_size)
     shape = (batch, in_chans, img_size, img_size)
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
-    if torch.device(device).type == "cuda":  # no GPU needed in float32: cuda_memory.py
-        from study.measure.cuda_memory import predict_cuda_train_memory
-
-        mem = predict_cuda_train_memory(model, shape, precision, channels_last, counter)
-        return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
-    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        state = fake_state(model, fake, torch.device(device))
-        mem = _tracked_step(model, state, shape, device, precision, channels_last, counter)
+    mem = predicted(_tracked_step, "predict_cuda_train_memory", model, shape, device, precision,
+                    channels_last, counter)  # fmt: skip
     return {"gmacs": counter.get_total_flops() / FLOPS_PER_MAC / 1e9, **mem}
