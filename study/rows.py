@@ -140,6 +140,11 @@ CODE_SUFFIXES: tuple[str, ...] = (".py", ".c")
 CODE_EXCLUDED: tuple[str, ...] = (
     "study/report/",
     "study/erf/",
+    # The training experiment (README.md, "Receptive fields through training"): it measures no
+    # row, and the sweep refuses its micro models, so no row depends on these files.
+    "study/models/micro.py",
+    "study/train.py",
+    "study/train_task.py",
     "kernels/bench.py",
     "kernels/compile_check.py",  # compiles the Triton kernels for ptxas; runs nothing
     "kernels/gpu_check.py",

@@ -45,12 +45,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
-from kernels.ops.selective_scan import resolve_backend
+from kernels.ops.selective_scan import auto_override, resolve_backend
 from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
 from study.measure import peak_memory, predict, predict_train, train_memory
 from study.measure.device import device_name, device_tag, memory_mib
 from study.measure.quiet import quiet_throughput
 from study.models import OPTIONS, ablation, create, family_of, options_of
+from study.models.micro import MICRO_MODELS
 from study.rows import COLUMNS, code_hash, row_path, row_problem, write_row
 
 log = logging.getLogger("study.sweep")
@@ -98,6 +99,8 @@ def cell_of(cfg: DictConfig) -> dict:
     families existed, and leaving it out of their cells keeps their config hashes.
     """
     family = family_of(cfg.model)
+    if cfg.model in MICRO_MODELS:
+        raise ValueError(_check_value("model", cfg.model))
     backend = ""
     if family in SCAN_FAMILIES:
         backend = resolve_backend(cfg.scan_backend, torch.device(cfg.device))
@@ -267,6 +270,43 @@ def time_limit(seconds: float) -> Iterator[dict]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+AUTOCAST = ("cpu", "cuda")  # the autocast states restored_torch_state keeps
+INFRA_MODES = tuple(torch._C._TorchDispatchModeKey.__members__.values())
+
+
+@contextmanager
+def restored_torch_state() -> Iterator[None]:
+    """Leave grad mode, autocast, torch's mode stacks and the scan-backend override as they were.
+
+    The time limit raises from a signal handler between any two bytecodes, so it can interrupt a
+    context manager's __enter__ after it changed global state and before its __exit__ was armed
+    (torch.no_grad: grad mode left off; a TorchDispatchMode: left on the stack). Without this the
+    next cell in the process would run in that state (a fresh-clone test run once saw 13 later
+    failures: "element 0 of tensors does not require grad").
+    """
+    grad = torch.is_grad_enabled()
+    autocast = {d: (torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in AUTOCAST}
+    infra_modes = {key: torch._C._get_dispatch_mode(key) for key in INFRA_MODES}  # fake, proxy, ...
+    dispatch_depth = torch._C._len_torch_dispatch_stack()
+    function_depth = torch._C._len_torch_function_stack()
+    backend = auto_override.get()
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(grad)
+        for device, (enabled, dtype) in autocast.items():
+            torch.set_autocast_enabled(device, enabled)
+            torch.set_autocast_dtype(device, dtype)
+        for key, mode in infra_modes.items():
+            if mode is None and torch._C._get_dispatch_mode(key) is not None:
+                torch._C._unset_dispatch_mode(key)
+        while torch._C._len_torch_dispatch_stack() > dispatch_depth:
+            torch._C._pop_torch_dispatch_stack(None)
+        while torch._C._len_torch_function_stack() > function_depth:
+            torch._C._pop_torch_function_stack()
+        auto_override.set(backend)
 
 
 def status_of(err: BaseException, stage: str) -> str:
@@ -473,6 +513,7 @@ def _run_cell(cfg: DictConfig) -> dict:
     alarm = {"fired": False}
     try:
         with (
+            restored_torch_state(),
             time_limit(cfg.time_budget_s) as alarm,
             kernels.use_backend(cell["scan_backend"] or "auto"),
         ):
@@ -574,6 +615,12 @@ def _check_value(key: str, value: str) -> str | None:
             family_of(value)
         except ValueError:
             return f"unknown model {value!r}; available: {', '.join(available())}"
+        if value in MICRO_MODELS:  # outside code_hash (study/rows.py): their rows could go stale
+            return (
+                f"model {value!r} is a micro model of the training experiment "
+                f"(python -m study.train), which the sweep does not measure; available: "
+                f"{', '.join(available())}"
+            )
     elif key in ("batch", "img_size", "max_batch"):
         if not (value.isdigit() and int(value) > 0) and not (key == "batch" and value == "auto"):
             allowed = "a positive integer" + (" or auto" if key == "batch" else "")

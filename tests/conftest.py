@@ -16,24 +16,9 @@ def _seed() -> None:
 
 @pytest.fixture(autouse=True)
 def _torch_global_state():
-    """Give every test the global grad mode and mode stacks it found, whatever the test left.
+    """Give every test the global torch state it found (study.sweep.restored_torch_state: the
+    sweep's time limit can interrupt a context manager's __enter__ and leave grad mode off)."""
+    from study.sweep import restored_torch_state
 
-    The sweep's time limit raises from a signal handler between any two bytecodes, and so can
-    interrupt a context manager's __enter__ after it changed global state but before its __exit__
-    was armed (torch.no_grad: grad mode left off; a TorchDispatchMode: left on the stack). A cell
-    timed out at 1 ms (tests/test_sweep_reliability.py) once left grad mode off, and 13 later
-    tests failed with "element 0 of tensors does not require grad". The sweep itself does not
-    restore this yet (a later cell in the same process would see it); this keeps tests independent.
-    """
-    from torch.overrides import _get_current_function_mode_stack
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    grad = torch.is_grad_enabled()
-    dispatch_depth = len(_get_current_dispatch_mode_stack())
-    function_depth = len(_get_current_function_mode_stack())
-    yield
-    torch.set_grad_enabled(grad)
-    while len(_get_current_dispatch_mode_stack()) > dispatch_depth:
-        torch._C._pop_torch_dispatch_stack()
-    while len(_get_current_function_mode_stack()) > function_depth:
-        torch._C._pop_torch_function_stack()
+    with restored_torch_state():
+        yield

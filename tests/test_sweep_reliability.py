@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from study import lock, sweep
@@ -48,6 +49,7 @@ def test_code_hash_covers_measuring_code_only(tmp_path):
     assert {"study/sweep.py", "study/rows.py", "study/measure/speed.py"} <= names
     assert {"kernels/ops/selective_scan/cpu.py", "kernels/ops/selective_scan/cpu_scan.c"} <= names
     assert not any(n.startswith(("study/report/", "study/erf/", "tests/")) for n in names)
+    assert not {"study/train.py", "study/train_task.py", "study/models/micro.py"} & names
     assert "kernels/bench.py" not in names
 
     copy = tmp_path / "copy"
@@ -139,6 +141,41 @@ def test_a_timeout_that_surfaces_as_another_error_is_a_timeout(tmp_path, monkeyp
     assert row["status"] == "error" and row["error"] == "RuntimeError: a real failure"
 
 
+def test_a_cell_that_leaves_torch_state_behind_does_not_pass_it_on(tmp_path, monkeypatch):
+    """What a timed-out __enter__ can leave (grad off, autocast on, a mode on torch's stacks, the
+    scan backend overridden) is undone before the next cell, which measures as usual."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kernels.ops.selective_scan import auto_override
+
+    def leaving_state(cfg, cell, row, stage, limit_mib):
+        torch.set_grad_enabled(False)
+        torch.set_autocast_enabled("cpu", True)
+        FakeTensorMode().__enter__()
+        TorchDispatchMode().__enter__()
+        auto_override.set("naive")
+        raise sweep.CellTimeout("past its time budget (simulated inside __enter__)")
+
+    depth = torch._C._len_torch_dispatch_stack()
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep, "measure_cell", leaving_state)
+        row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=64"))
+    assert row["status"] == "timeout"
+    assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    assert torch._C._len_torch_dispatch_stack() == depth and auto_override.get() == "auto"
+    row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=96", "measure.train=true",
+                                      *PREDICT_ONLY))
+    assert row["status"] == "ok", row["error"]
+
+
+def test_micro_models_are_not_swept(tmp_path):
+    """study/models/micro.py is outside code_hash, so no row may come from a micro model."""
+    with pytest.raises(ValueError, match="is a micro model of the training experiment"):
+        sweep.run_cell(cell_config(tmp_path, "model=vmamba_micro", "img_size=64"))
+    assert not list(tmp_path.glob("rows/*/*.json"))
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
@@ -157,6 +194,7 @@ def test_a_timeout_that_surfaces_as_another_error_is_a_timeout(tmp_path, monkeyp
         (["quiet.max_step_spread=nan"], "quiet.max_step_spread must be a number >= 0"),
         (["lock_wait_s=-1"], "lock_wait_s must be a number >= 0"),
         (["keep_old_rows=maybe"], "keep_old_rows must be true or false"),
+        (["model=vim_micro"], "model 'vim_micro' is a micro model of the training experiment"),
         (["measure.throughput=2"], "measure.throughput must be true or false"),
     ],
 )
