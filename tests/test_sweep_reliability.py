@@ -164,8 +164,9 @@ def test_a_cell_that_leaves_torch_state_behind_does_not_pass_it_on(tmp_path, mon
     assert row["status"] == "timeout"
     assert torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     assert torch._C._len_torch_dispatch_stack() == depth and auto_override.get() == "auto"
-    row = sweep.run_cell(cell_config(tmp_path, "model=test_vit", "img_size=96", "measure.train=true",
-                                      *PREDICT_ONLY))
+    train_cell = cell_config(tmp_path, "model=test_vit", "img_size=96", "measure.train=true",
+                             *PREDICT_ONLY)  # fmt: skip
+    row = sweep.run_cell(train_cell)
     assert row["status"] == "ok", row["error"]
 
 
