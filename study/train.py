@@ -1,4 +1,4 @@
-"""`python -m study.train`: train zoo models on the glyph-matching task (conf/train.yaml).
+"""`python -m study.train`: train zoo models on the brighter-mark task (conf/train.yaml).
 
 python -m study.train model=resnet_micro steps=20 save_steps=[0,10,20] run_dir=/tmp/run
 
@@ -42,7 +42,7 @@ log = logging.getLogger("study.train")
 SAME_ON_RESUME = ("img_size", "batch_size", "steps", "opt", "lr", "weight_decay", "sched",
                   "warmup_steps", "label_smoothing", "seed")  # fmt: skip
 CSV_COLUMNS = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "elapsed_s")
-TASK = "glyph_match"
+TASK = "brighter_mark"
 
 
 def checkpoint_path(model_dir: Path, step: int) -> Path:

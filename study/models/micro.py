@@ -49,8 +49,19 @@ def deit_micro(pretrained: bool = False, **kwargs) -> VisionTransformer:
 
 @register_model
 def vim_micro(pretrained: bool = False, **kwargs) -> VisionMamba:
+    """One deviation from Vim's init: the backward direction's dt_proj gets Mamba's dt init, as
+    the forward one has (softplus(bias) log-uniform in [0.001, 0.1]). The official code zeroes
+    dt_proj_b.bias (its `_init_weights` spares only the bias marked `_no_reinit`, the forward
+    one; see BiMambaMixer), so at init the backward scan runs at dt = softplus(0) = 0.69 and
+    forgets within a token or two. With that init vim_micro learned the task far slower than the
+    other four (held-out accuracy 0.58 at step 300 of a 600-step probe; 0.73 with this one)."""
     args = dict(img_size=64, patch_size=8, embed_dim=192, depth=9)
-    return VisionMamba(**_kwargs(args, kwargs))
+    model = VisionMamba(**_kwargs(args, kwargs))
+    for layer in model.layers:
+        mixer = layer.mixer
+        if mixer.bidirectional:
+            mixer._init_dt_proj(mixer.dt_proj_b, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4)
+    return model
 
 
 @register_model

@@ -21,9 +21,13 @@ from study.report.claims_common import (
 
 # --- claims 5, 6: effective receptive fields ----------------------------------------------------
 
-# The training experiment (`make erf-train`, two classes): "well above chance" from this accuracy.
-TRAINED_MIN_ACC = 0.75
-EXPERIMENT = "controlled small-scale test (micro models trained on the glyph task; not ImageNet)"
+# The training experiment (`make erf-train`, two classes, chance 0.5): "trained" from this held-out
+# accuracy, above the 0.79 that one mark alone allows (study.train_task.one_mark_accuracy; a test
+# checks the order), so a trained model uses both distant marks.
+TRAINED_MIN_ACC = 0.9
+EXPERIMENT = (
+    "controlled small-scale test (micro models trained on the brighter-mark task; not ImageNet)"
+)
 
 
 def claim_erf_cnn_vit(inputs: Inputs) -> Claim:
@@ -95,9 +99,9 @@ def _experiment(inputs: Inputs) -> tuple[str, tuple[Verdict, str]] | None:
     name, acc = last["model"], float(last["val_acc"])
     if not acc >= TRAINED_MIN_ACC:
         why = (
-            f"In the {EXPERIMENT}, {name} reached {acc:.2f} held-out accuracy (chance 0.5; "
-            f"trained from {TRAINED_MIN_ACC}): it did not learn the task, so its ERF is no "
-            "trained ERF."
+            f"In the {EXPERIMENT}, {name} reached {acc:.2f} held-out accuracy (chance 0.5, "
+            f"one mark alone 0.79; trained from {TRAINED_MIN_ACC}): it did not learn the task, "
+            "so its ERF is no trained ERF."
         )
         return evidence, ("not testable here", why)
     before, after = extent(first["r50_frac"]), extent(last["r50_frac"])
