@@ -151,7 +151,7 @@ def test_train_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model"):
         train_run(_tiny(tmp_path, model="[nope]"))
     train_run(_tiny(tmp_path, stop_after=2))
-    with pytest.raises(ValueError, match="lr=0.001 .now 0.01."):  # resume with other settings
+    with pytest.raises(ValueError, match="lr=0.0005 .now 0.01."):  # resume with other settings
         train_run(_tiny(tmp_path, lr=0.01))
 
 
@@ -165,6 +165,8 @@ def test_erf_over_checkpoints(tmp_path: Path) -> None:
     out.mkdir()
     old = "model,family,weights,r50_frac\nresnet50,cnn,random init,0.01\n"
     (out / "erf.csv").write_text(old)
+    (out / "erf.log").write_text("the random-init run's log\n")
+    (out / "erf_config.yaml").write_text("n_images: 50\n")
     cfg = _compose("erf", run_dir=str(tmp_path / "run"), n_images=2, run_img_size=64,
                    out_dir=str(out))  # fmt: skip
     rows = erf_run(cfg)
@@ -179,6 +181,11 @@ def test_erf_over_checkpoints(tmp_path: Path) -> None:
         written = list(csv.DictReader(f))
     assert written[0]["model"] == "resnet50" and written[0]["run"] == ""  # earlier row kept
     assert len(written) == 5
+    # The random-init run's log and config stay; this run's go beside them.
+    assert (out / "erf.log").read_text() == "the random-init run's log\n"
+    assert (out / "erf_config.yaml").read_text() == "n_images: 50\n"
+    assert "test_vit step 2" in (out / "erf_train.log").read_text()
+    assert "run_dir:" in (out / "erf_train_config.yaml").read_text()
     erf_run(cfg)  # again: the run's rows are replaced, not added twice
     with (out / "erf.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 5
@@ -187,8 +194,9 @@ def test_erf_over_checkpoints(tmp_path: Path) -> None:
 # --- claim 6 from the experiment ------------------------------------------------------------------
 
 
-def _erf_frame(acc: float) -> pd.DataFrame:
-    base = {"family": "vmamba", "img_size": 256, "area_ratio_99": 0.5, "run": "r"}
+def _erf_frame(acc: float, stride_px: float = 8.0) -> pd.DataFrame:
+    base = {"family": "vmamba", "img_size": 256, "stride_px": stride_px, "area_ratio_99": 0.5,
+            "run": "r"}  # fmt: skip
     rows = [
         {"model": "vmamba_tiny", "family": "vmamba", "weights": "random init", "img_size": 1024,
          "r50_frac": 0.04, "cross_index": 1.1, "area_ratio_99": 0.1, "run": None, "step": None,
@@ -218,6 +226,9 @@ def test_claim6_reads_the_experiment() -> None:
     for acc in (0.55, 0.8):  # chance; what one mark alone allows
         short = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(acc)))
         assert short.verdict == "not testable here" and "did not learn" in short.why
+    # A stride-32 model at 256 px: one feature cell is 0.125 of the side, so no r50 is "local".
+    coarse = claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=_erf_frame(0.95, stride_px=32.0)))
+    assert coarse.verdict == "not testable here" and "≥ 640 px" in coarse.why
     without = _erf_frame(0.95).iloc[:1]
     assert claim_erf_vmamba(Inputs(frame=pd.DataFrame(), erf=without)).verdict == (
         "not testable here"

@@ -96,7 +96,7 @@ def run_over_training(cfg: DictConfig, folder: Path, out_dir: Path) -> list[dict
     checkpoints = run_checkpoints(run_dir)
     if out_dir.is_dir():  # keep what earlier runs wrote there; this run adds to it
         for path in out_dir.iterdir():
-            if path.is_file() and path.name != "erf.log":
+            if path.is_file() and path.name != "erf_train.log":
                 shutil.copy2(path, folder / path.name)
     device = torch.device(str(cfg.device))
     rows, maps = [], {}

@@ -41,7 +41,9 @@ TIMM_FAMILIES = ("cnn", "vit", "windowed_vit", "gated_cnn")
 ROW_INIT, ROW_TRAINED = "random init", "trained"
 _LIST_KEYS = ("model", "ckpt")
 # What a run writes into out_dir; a folder holding anything else is not replaced.
-OUTPUT_NAMES = re.compile(r"^(erf\.csv|erf\.log|erf_config\.yaml|erf_.+\.(npy|png))$")
+OUTPUT_NAMES = re.compile(
+    r"^(erf\.csv|erf(_train)?\.log|erf(_train)?_config\.yaml|erf_.+\.(npy|png))$"
+)
 
 
 def listify_argv(argv: Sequence[str]) -> list[str]:
@@ -180,13 +182,13 @@ def _publish(run_dir: Path, out_dir: Path) -> None:
 
 
 class _RunFolder:
-    """A fresh hidden folder beside out_dir, with erf.log logging into it while the run lasts."""
+    """A fresh hidden folder beside out_dir, with `log_name` logging into it while the run lasts."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, log_name: str = "erf.log") -> None:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.path = out_dir.with_name(f".{out_dir.name}.run-{os.getpid()}-{time.time_ns()}")
         self.path.mkdir()
-        self.handler = logging.FileHandler(self.path / "erf.log")
+        self.handler = logging.FileHandler(self.path / log_name)
         self.handler.setFormatter(
             logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         )
@@ -247,13 +249,14 @@ def _run_over_training(cfg: DictConfig) -> list[dict]:
     out_dir = Path(str(cfg.out_dir))
     _check_out_dir(out_dir)
     run_checkpoints(Path(str(cfg.run_dir)))  # ValueError before any folder is made
-    folder = _RunFolder(out_dir)
+    # Its own log and config, beside the random-init run's erf.log and erf_config.yaml.
+    folder = _RunFolder(out_dir, log_name="erf_train.log")
     done = False
     try:
         with logging_redirect_tqdm():
             rows = run_over_training(cfg, folder.path, out_dir)
         log.info("wrote %d maps, the figures and erf.csv rows to %s", len(rows), out_dir)
-        OmegaConf.save(cfg, folder.path / "erf_config.yaml", resolve=True)
+        OmegaConf.save(cfg, folder.path / "erf_train_config.yaml", resolve=True)
         folder.close(keep=True)
         _publish(folder.path, out_dir)
         done = True

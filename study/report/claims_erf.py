@@ -1,5 +1,7 @@
 """Claims 5 and 6: effective receptive fields, from results/erf/erf.csv."""
 
+import math
+
 import pandas as pd
 
 from study.report.claims_common import (
@@ -104,6 +106,19 @@ def _experiment(inputs: Inputs) -> tuple[str, tuple[Verdict, str]] | None:
             "so its ERF is no trained ERF."
         )
         return evidence, ("not testable here", why)
+    cell = float(last["stride_px"]) / float(last["img_size"])
+    if not cell <= LOCAL_MAX_R50:  # the map cannot resolve "local" (r50 below one feature cell)
+        size = int(last["img_size"])
+        return evidence, (
+            "not testable here",
+            f"In the {EXPERIMENT}, the ERFs are drawn at {size} px, where one cell of {name}'s "
+            f"feature map is {cell:.3f} of the side: more than the bound for 'local' "
+            f"(r50 < {LOCAL_MAX_R50}), so r50 cannot show a local ERF at this size (that needs "
+            f"≥ {math.ceil(float(last['stride_px']) / LOCAL_MAX_R50)} px). Measured: r50 "
+            f"{first['r50_frac']:.3f} → {last['r50_frac']:.3f} of the side, cross index "
+            f"{first['cross_index']:.2f} → {last['cross_index']:.2f} (cross from "
+            f"{CROSS_MIN_INDEX}).",
+        )
     before, after = extent(first["r50_frac"]), extent(last["r50_frac"])
     cross = last["cross_index"] >= CROSS_MIN_INDEX
     prefix = f"In the {EXPERIMENT}: {name} is {before} at init, {after} after training"
