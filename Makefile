@@ -56,9 +56,10 @@ erf: $(STAMP) ## effective receptive fields of the default models into results/e
 	$(PY) -m study.erf out_dir=results/erf
 
 # The training experiment (README.md, "Receptive fields through training"): conf/train.yaml's preset
-# trains the five micro models (35-40 minutes on 2 cores: conf/train.yaml) into ERF_TRAIN_DIR, then draws their
-# ERFs at every checkpoint into ERF_OUT. Running it again resumes unfinished models; delete
-# ERF_TRAIN_DIR to start over. A quick check: make erf-train ERF_TRAIN_DIR=/tmp/t ERF_OUT=/tmp/e
+# trains the five micro models (about 41 minutes on 2 cores: conf/train.yaml) into ERF_TRAIN_DIR,
+# then draws their ERFs at every checkpoint into ERF_OUT (1.5 minutes). Running it again resumes
+# unfinished models; delete ERF_TRAIN_DIR to start over. A quick check that leaves results/ alone:
+#   make erf-train ERF_TRAIN_DIR=/tmp/t ERF_OUT=/tmp/e TRAIN_OUT=/tmp/tr
 #   TRAIN_ARGS="steps=4 save_steps=[0,4] eval_every=2 n_val=16" ERF_ARGS="n_images=2"
 ERF_TRAIN_DIR ?= outputs/erf-train
 ERF_OUT ?= results/erf
