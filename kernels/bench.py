@@ -20,14 +20,14 @@ with contiguous inputs in the forward direction: rows with layout "model" and "c
 Protocol. A backend's forward and forward+backward are timed interleaved, round by round, and
 `over_fwd` (forward+backward rows) is the median over rounds of forward+backward / the forward
 just before it. The upstream gradient is made once, outside the timing. On glibc the process
-keeps freed memory for reuse (`keep_freed_memory`; `--release-memory` turns that off), so that
-the timings are the kernels' and not the OS's page faults.
+keeps freed memory for reuse (kernels/malloc.py's keep_freed, as the sweep times the models;
+`--release-memory` turns that off), so that the timings are the kernels' and not the OS's page
+faults.
 """
 
 import argparse
 import contextlib
 import csv
-import ctypes
 import dataclasses
 import json
 import statistics
@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 import kernels
+from kernels.malloc import set_malloc
 from kernels.record import ScanCall, contiguous_call, replay
 from kernels.testing import make_scan_inputs
 
@@ -108,22 +109,6 @@ def paired_times_ms(fns: list[Callable[[], object]], device: torch.device, repea
             sync(device)
             spent.append((time.perf_counter() - start) * 1e3)
     return times
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse, as a caching allocator (PyTorch's on CUDA) would.
-
-    By default glibc maps big blocks fresh and returns freed memory to the OS, so each new
-    (batch, D, L) tensor costs page faults (the OS zeroing its pages) inside the timed call: the
-    three gradients of a backward pay it, the forward's one output mostly does not. False where
-    the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
 def copy_gbps(device: torch.device) -> float:
@@ -366,8 +351,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "cost page faults inside the timed calls)")  # fmt: skip
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cpu" and not args.release_memory and keep_freed_memory():
-        print("glibc: freed memory kept for reuse (--release-memory to time with page faults)")
+    if device.type == "cpu" and not args.release_memory:
+        print(f"malloc: {set_malloc('keep_freed')} (--release-memory to time with page faults)")
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = args.batches or ([1] if device.type == "cpu" else [1, 64])

@@ -83,6 +83,9 @@ COLUMNS: tuple[str, ...] = (
     # gradients, temporaries); *_peak_mib includes AdamW's state; train_* the step's timing.
     # Rows written before it have no mode: inference unless their config says measure.train.
     "mode",
+    # issue 11: what the C allocator did with freed memory during timing (kernels/malloc.py):
+    # "keep_freed" | "system" | "system (not glibc)"; empty in rows written before it
+    "malloc",
 )
 
 # The columns that hold numbers (the rest are text); readers convert these.

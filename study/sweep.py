@@ -45,6 +45,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import kernels
+from kernels.malloc import MALLOC_SETTINGS, release, set_malloc
 from kernels.ops.selective_scan import auto_override, resolve_backend
 from study.lock import LOCK_ENV, LockBusy, lock_path, results_lock
 from study.measure import peak_memory, predict, predict_train, train_memory
@@ -387,6 +388,7 @@ def measure_cell(
     model = create(cell["model"], size, **overrides).to(device)
 
     stage[0] = "run"
+    row["malloc"] = set_malloc(opts.get("malloc", "system"))  # configs from before it: system
     if opts["measured_memory"]:
         memory = train_memory if opts["train"] else peak_memory
         mem = memory(model, size, batch, "measured", device, precision, channels_last)
@@ -531,6 +533,7 @@ def _run_cell(cfg: DictConfig) -> dict:
     finally:
         if runs_for_real(cell):  # free the last cell's memory before the next one (0.1-0.3 s)
             gc.collect()
+            release()  # what malloc=keep_freed kept goes back to the OS
             if torch.device(cell["device"]).type == "cuda":
                 torch.cuda.empty_cache()
     row["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -630,6 +633,8 @@ def _check_value(key: str, value: str) -> str | None:
         allowed = options[key]
         if value not in allowed:
             return f"unknown {key} {value!r}; allowed: {', '.join(allowed)}"
+    elif key == "measure.malloc" and value not in MALLOC_SETTINGS:
+        return f"unknown measure.malloc {value!r}; allowed: {', '.join(MALLOC_SETTINGS)}"
     elif key == "options" and value not in OPTIONS:
         return f"unknown options {value!r}; allowed: {', '.join(OPTIONS)}"
     elif key == "scan_backend":

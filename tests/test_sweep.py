@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from kernels import malloc
 from study import sweep
 from study.rows import COLUMNS, read_rows
 
@@ -105,6 +106,7 @@ def test_config_hash_ignores_options_a_model_does_not_take_and_output_paths(tmp_
         (["device=tpu"], "unknown device 'tpu'"),
         (["window=huge"], "unknown window 'huge'; allowed: fixed, scaled"),
         (["scan_backend=cuda_only"], "unknown selective_scan backend"),
+        (["measure.malloc=jemalloc"], "unknown measure.malloc 'jemalloc'; allowed: keep_freed, "),
     ],
 )
 def test_bad_input_is_named(args, complaint):
@@ -127,6 +129,7 @@ def test_cell_row_has_every_column_and_agrees_with_itself(tmp_path):
     assert row["status"] == "ok", row["error"]
     assert set(COLUMNS) <= set(row) and row["config"]["model"] == "test_vit"
     assert row["infer_batch_size"] == 2 and row["infer_samples_per_sec"] > 0
+    assert row["malloc"] == ("keep_freed" if malloc._glibc() else "system (not glibc)")
     assert row["predicted_peak_mib"] == pytest.approx(row["measured_peak_mib"], rel=0.03)
     assert read_rows(tmp_path) == [json.loads(json.dumps(row, default=str))]
 

@@ -13,6 +13,9 @@ With --scan-calls it also records every `kernels::selective_scan` call of the ne
 (`kernels.record.ScanRecorder`) and times each recorded call again with contiguous inputs in
 the forward direction: the issue's "time per call inside the model against a contiguous
 forward-direction call of the same shape and options".
+
+Both versions run under one malloc setting (kernels/malloc.py), `--malloc keep_freed` by default
+as in the sweep; `--malloc system` times them with glibc's defaults (page faults included).
 """
 
 import argparse
@@ -31,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kernels.malloc import MALLOC_SETTINGS, set_malloc  # noqa: E402
 from kernels.record import ScanRecorder, contiguous_call, replay  # noqa: E402
 
 
@@ -129,10 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--scan-calls", action="store_true")
     parser.add_argument("--skip-old", action="store_true", help="only the scan-call comparison")
+    parser.add_argument("--malloc", choices=MALLOC_SETTINGS, default="keep_freed")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"threads: {torch.get_num_threads()}")
+    print(f"threads: {torch.get_num_threads()}, malloc: {set_malloc(args.malloc)}")
     if not args.skip_old:
         with tempfile.TemporaryDirectory() as tmp:
             _, old_models = import_commit(args.commit, Path(tmp))

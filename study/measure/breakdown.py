@@ -13,6 +13,9 @@ device, model and size), which `study.report` reads.
 Attribution: an op's self time counts for its own category, except inside a selective scan,
 cross-scan, normalisation or attention op, whose whole time is theirs (RMSNorm runs as pow, mean
 and rsqrt under `aten::rms_norm`; the scan's input preparation runs under its op).
+
+The process runs with `--malloc keep_freed` (kernels/malloc.py) unless told otherwise, as the sweep
+times the models; the setting is recorded in the rows' `malloc` column.
 """
 
 import argparse
@@ -24,6 +27,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from kernels.malloc import MALLOC_SETTINGS, set_malloc
 from study.measure.device import device_name
 from study.measure.flops import count_flops
 from study.measure.speed import synchronize
@@ -151,11 +155,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", default="results")
+    parser.add_argument("--malloc", choices=MALLOC_SETTINGS, default="keep_freed")
     args = parser.parse_args(argv)
+    malloc = set_malloc(args.malloc)
     rows = []
     for img_size in args.img_sizes:
         for name in args.models:
-            row = breakdown(name, img_size, args.device, args.repeats)
+            row = {**breakdown(name, img_size, args.device, args.repeats), "malloc": malloc}
             top = max(CATEGORIES, key=lambda c: row[f"time_share_{c}"])
             print(f"{name}@{img_size}: {row['forward_ms']} ms, {row['achieved_gmacs_per_s']} "
                   f"GMAC/s ({row['achieved_over_gemm']:.0%} of GEMM), most in {top} "

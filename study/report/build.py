@@ -67,6 +67,15 @@ def _versions(frame: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _mallocs(frame: pd.DataFrame) -> str:
+    """How many timed rows ran under each malloc setting ("" in rows from before the column)."""
+    timed = frame[frame["infer_step_time"].notna() | frame["train_step_time"].notna()]
+    if timed.empty:
+        return "no timed rows"
+    counts = timed["malloc"].fillna("").replace("", "not recorded").value_counts()
+    return ", ".join(f"{name} ({count} timed rows)" for name, count in counts.items())
+
+
 def _header(frame: pd.DataFrame, results_dir: Path) -> list[str]:
     times = sorted(t for t in frame["time"] if t)
     counts = frame["status"].value_counts()
@@ -78,6 +87,7 @@ def _header(frame: pd.DataFrame, results_dir: Path) -> list[str]:
         "",
         f"- Devices: {'; '.join(dict.fromkeys(frame['device_name']))}",
         f"- Versions: {_versions(frame)}",
+        f"- C allocator during timing (`malloc`, kernels/malloc.py): {_mallocs(frame)}",
         f"- Rows written: {times[0] if times else '?'} to {times[-1] if times else '?'}",
         f"- Status: {', '.join(f'{k} {v}' for k, v in counts.items())}",
         "",

@@ -117,6 +117,9 @@ static inline void FN(transpose)(FN(vec)* x) {
    the backward's inputs: 41 -> 24 Mcycles against chunk-by-chunk downwards reads). */
 #define SC 8
 #define T_OF(i) (reverse ? L - 1 - (s0 + (i)) : s0 + (i))
+#ifndef PF
+#define PF 16  /* strided rows: prefetch this many steps ahead */
+#endif
 
 /* tile[i] <- steps s0 + i of the VB rows (in scan order), i < len; element (v, t) at
    src[v * ld + t * sl]. Padding (steps up to a whole chunk past len, lanes from nv) is 0. */
@@ -127,6 +130,13 @@ static inline void FN(tile_in)(const REAL* src, int64_t ld, int64_t sl, int64_t 
         for (int v = 0; v < VB; v++) tile[i][v] = 0;
     if (!src) return;
     if (sl != 1) {  /* e.g. a channels-last map (ld == 1): a step's channels are one row */
+        if (ld == 1 && nv == VB) {  /* a fixed-size copy (inlined), next rows prefetched */
+            for (int64_t i = 0; i < len; i++) {
+                if (i + PF < len) __builtin_prefetch(src + T_OF(i + PF) * sl);
+                memcpy(tile[i], src + T_OF(i) * sl, sizeof(tile[i]));
+            }
+            return;
+        }
         for (int64_t i = 0; i < len; i++) {
             const REAL* p = src + T_OF(i) * sl;
             if (ld == 1) {
