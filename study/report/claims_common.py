@@ -184,9 +184,22 @@ def erf_rows(inputs: Inputs, families: tuple[str, ...], trained: bool) -> pd.Dat
     return rows.drop_duplicates("model", keep="last")
 
 
-def extent(r50_frac: float) -> str:
+def feature_cell(row: pd.Series) -> float:
+    """One cell of the feature map an erf.csv row's ERF was drawn on, as a fraction of the image
+    side (stride_px / img_size); 0 where the row does not say."""
+    stride = row.get("stride_px", np.nan)
+    return float(stride) / float(row["img_size"]) if pd.notna(stride) else 0.0
+
+
+def extent(row: pd.Series) -> str:
+    """An erf.csv row's ERF: "global" (r50 >= GLOBAL_MIN_R50 of the side), "local" (below
+    LOCAL_MAX_R50), "intermediate", "n/a" (no r50), or "unresolved": on a map whose cell is larger
+    than the local bound, an r50 below one cell (or below the global bound) cannot be told apart."""
+    r50_frac, cell = float(row["r50_frac"]), feature_cell(row)
     if not np.isfinite(r50_frac):
         return "n/a"
+    if cell > LOCAL_MAX_R50 and r50_frac < max(cell, GLOBAL_MIN_R50):
+        return "unresolved"
     if r50_frac >= GLOBAL_MIN_R50:
         return "global"
     return "local" if r50_frac < LOCAL_MAX_R50 else "intermediate"

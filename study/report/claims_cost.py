@@ -175,7 +175,7 @@ def claim_ssm_linear(inputs: Inputs) -> Claim:
     init = erf_rows(inputs, ("vim", "vmamba"), trained=False)
     if not trained.empty:
         evidence.append(f"erf.csv: {erf_text(trained, 'trained')}")
-        extents = {m: extent(f) for m, f in zip(trained["model"], trained["r50_frac"], strict=True)}
+        extents = {r["model"]: extent(r) for _, r in trained.iterrows()}
         if all(e == "global" for e in extents.values()):
             return Claim(
                 "3",
@@ -194,9 +194,7 @@ def claim_ssm_linear(inputs: Inputs) -> Claim:
         )
     if not init.empty:
         evidence.append(f"erf.csv: {erf_text(init, 'random init')}")
-    extents = ", ".join(
-        f"{m} {extent(f)}" for m, f in zip(init["model"], init["r50_frac"], strict=True)
-    )
+    extents = ", ".join(f"{r['model']} {extent(r)}" for _, r in init.iterrows())
     return Claim(
         "3",
         CLAIMS["3"],

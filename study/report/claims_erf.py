@@ -18,6 +18,7 @@ from study.report.claims_common import (
     erf_rows,
     erf_text,
     extent,
+    feature_cell,
     missing,
 )
 
@@ -41,8 +42,8 @@ def claim_erf_cnn_vit(inputs: Inputs) -> Claim:
             continue
         label = "trained" if trained else "random init"
         evidence = f"erf.csv: {erf_text(cnn, label)}; {erf_text(vit, label)}"
-        cnn_local = all(extent(f) == "local" for f in cnn["r50_frac"])
-        vit_global = all(extent(f) == "global" for f in vit["r50_frac"])
+        cnn_local = all(extent(r) == "local" for _, r in cnn.iterrows())
+        vit_global = all(extent(r) == "global" for _, r in vit.iterrows())
         if trained:
             verdict: Verdict = "holds" if cnn_local and vit_global else "does not hold"
             why = (
@@ -107,9 +108,9 @@ def _experiment(inputs: Inputs) -> tuple[str, tuple[Verdict, str]] | None:
             "learn the task, so its ERF is no trained ERF."
         )
         return evidence, ("not testable here", why)
-    cell = float(last["stride_px"]) / float(last["img_size"])
-    if not cell <= LOCAL_MAX_R50:  # the map cannot resolve "local" (r50 below one feature cell)
-        size = int(last["img_size"])
+    before, after = extent(first), extent(last)
+    if "unresolved" in (before, after):  # the map cannot show "local" (r50 below one feature cell)
+        size, cell = int(last["img_size"]), feature_cell(last)
         return evidence, (
             "not testable here",
             f"In the {EXPERIMENT}, the ERFs are drawn at {size} px, where one cell of {name}'s "
@@ -120,7 +121,6 @@ def _experiment(inputs: Inputs) -> tuple[str, tuple[Verdict, str]] | None:
             f"{first['cross_index']:.2f} → {last['cross_index']:.2f} (cross from "
             f"{CROSS_MIN_INDEX}).",
         )
-    before, after = extent(first["r50_frac"]), extent(last["r50_frac"])
     cross = last["cross_index"] >= CROSS_MIN_INDEX
     prefix = f"In the {EXPERIMENT}: {name} is {before} at init, {after} after training"
     if after != "global" or before == "global":
@@ -147,9 +147,7 @@ def claim_erf_vmamba(inputs: Inputs) -> Claim:
     if trained.empty and experiment is not None:
         return Claim("6", CLAIMS["6"], evidence, *experiment[1])
     if trained.empty:
-        extents = ", ".join(
-            f"{m} {extent(f)}" for m, f in zip(init["model"], init["r50_frac"], strict=True)
-        )
+        extents = ", ".join(f"{r['model']} {extent(r)}" for _, r in init.iterrows())
         return Claim(
             "6",
             CLAIMS["6"],
@@ -161,8 +159,8 @@ def claim_erf_vmamba(inputs: Inputs) -> Claim:
     results: list[tuple[Verdict, str]] = []
     for _, row in trained.iterrows():
         before = init[init["model"] == row["model"]]
-        init_extent = extent(before["r50_frac"].iloc[0]) if len(before) else "not measured"
-        after, cross = extent(row["r50_frac"]), row["cross_index"] >= CROSS_MIN_INDEX
+        init_extent = extent(before.iloc[0]) if len(before) else "not measured"
+        after, cross = extent(row), row["cross_index"] >= CROSS_MIN_INDEX
         name = row["model"]
         if after != "global" or init_extent == "global":
             results.append(("does not hold", f"{name}: {init_extent} at init, {after} trained."))
